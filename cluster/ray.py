@@ -1,0 +1,121 @@
+"""Ray runner: one actor per worker, each fed one task at a time.
+
+Actors are stateful (each owns, e.g., a Pythia instance), so work goes to whichever actor
+is idle; a task costs one actor call (~1 ms), so tasks should be coarse (whole shards).
+Local Ray by default; ``address`` joins an existing cluster (``ray start --head`` prints it).
+A killed actor is restarted by Ray and its task retried once; a task that still fails is
+reported with its error instead of ending the run, so the committed shards are kept and a
+re-run retries only the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Sequence
+
+from jetscan.core.errors import RunnerError
+
+__all__ = ["run_actors", "ensure_ray", "check_address"]
+
+
+def check_address(address: str) -> None:
+    """Fail fast, with a clear message, when a Ray head is not reachable."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RunnerError(
+            f"--address {address!r}: expected HOST:PORT of a Ray head (e.g. 10.0.0.5:6379) or 'auto'"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise RunnerError(
+            f"--address {address!r}: cannot reach a Ray head there ({exc.strerror or exc}); "
+            "start one with 'ray start --head' and pass the address it prints, or omit --address "
+            "to run on a local Ray instance"
+        ) from None
+
+
+def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Start (or join) Ray unless it is already up; returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        check_address(address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def run_actors(
+    worker_cls: type,
+    init_args: tuple,
+    method: str,
+    tasks: Sequence[Any],
+    *,
+    workers: int,
+    address: str | None = None,
+    on_result: Callable[[Any], None] | None = None,
+) -> list[Any]:
+    """Run ``worker_cls(*init_args).<method>(task)`` for every task on ``workers`` Ray actors."""
+    import ray
+
+    if workers < 1:
+        raise RunnerError(f"workers must be at least 1 (got {workers})")
+    started = ensure_ray(address, None if address else max(workers, os.cpu_count() or 1))
+    try:
+        remote_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(worker_cls)
+        actors = [remote_cls.remote(*init_args) for _ in range(min(workers, len(tasks)))]
+        pending: dict[Any, tuple[Any, Any]] = {}
+        queue = list(tasks)
+        idle = list(actors)
+        results, failures = [], []
+        while queue or pending:
+            while idle and queue:
+                actor, task = idle.pop(), queue.pop(0)
+                pending[getattr(actor, method).remote(task)] = (actor, task)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            actor, task = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                failures.append((task, exc))
+                # the actor may be dead for good: replace it
+                try:
+                    ray.kill(actor)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                actor = remote_cls.remote(*init_args)
+            else:
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+            idle.append(actor)
+        for actor in actors:
+            ray.kill(actor)
+        if failures:
+            lines = "\n".join(f"  {task}: {_first_line(exc)}" for task, exc in failures[:10])
+            raise RunnerError(
+                f"{len(failures)} of {len(tasks)} tasks failed ({len(results)} committed and kept; "
+                f"re-run the same command to retry the rest):\n{lines}"
+            )
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The root cause of a Ray task error, in one line."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"

@@ -1,0 +1,281 @@
+"""The study file: one YAML document validated by pydantic before any work starts.
+
+YAML is only the saved form; :meth:`Study.from_yaml` builds frozen config models and turns
+every validation problem into one :class:`~jetscan.core.errors.ConfigError` that names the
+key path, the rule and the offending value, e.g.::
+
+    jet.pt_window_gev: lower edge 650.0 must be below upper edge 550.0 (got [650.0, 550.0])
+
+Example (``studies/quickstart.yaml``)::
+
+    name: quickstart
+    store: quickstart.zarr
+    seed: 20260101
+    sqrt_s_gev: 14000
+    jet: {r: 0.8, pt_window_gev: [550, 650], abs_eta_max: 2.0}
+    samples:
+      qcd: {process: qcd_dijet, n_jets: 2000}
+      top: {process: top_hadronic, n_jets: 2000}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jetscan.core.errors import ConfigError
+from jetscan.core.processes import PROCESSES
+
+__all__ = [
+    "JetConfig",
+    "DetectorConfig",
+    "GenerationConfig",
+    "SampleConfig",
+    "Study",
+    "config_error_from",
+    "settings_hash",
+]
+
+_NAME_RE = r"^[A-Za-z][A-Za-z0-9_\-]*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JetConfig(_Frozen):
+    """Fat-jet definition and fiducial selection."""
+
+    algorithm: Literal["antikt"] = "antikt"
+    r: float = Field(0.8, gt=0.0, le=2.0, description="jet radius R")
+    pt_window_gev: tuple[float, float] = (550.0, 650.0)
+    abs_eta_max: float = Field(2.0, gt=0.0, le=5.0)
+    max_constituents: int = Field(
+        200, ge=1, le=2000, description="constituents kept per jet (pT-ordered, zero padded)"
+    )
+
+    @field_validator("pt_window_gev")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if lo < 0:
+            raise ValueError(f"lower edge {lo} must be >= 0")
+        if not lo < hi:
+            raise ValueError(f"lower edge {lo} must be below upper edge {hi}")
+        return v
+
+
+class DetectorConfig(_Frozen):
+    """Particle-flow-like detector, defaults close to Delphes' CMS card.
+
+    Charged particles inside the tracker become tracks (efficiency, pT smearing); muons
+    inside the muon system are flagged; everything else visible (photons, neutral hadrons,
+    charged particles the tracker missed) lands in calorimeter towers (ECAL for photons and
+    electrons, HCAL for hadrons) whose energies are smeared and thresholded.
+    """
+
+    tracker_abs_eta_max: float = Field(2.5, gt=0.0)
+    track_pt_min_gev: float = Field(0.5, ge=0.0)
+    track_efficiency: float = Field(0.95, ge=0.0, le=1.0)
+    track_pt_resolution_constant: float = Field(0.01, ge=0.0, description="sigma(pT)/pT at low pT")
+    track_pt_resolution_per_gev: float = Field(1.5e-4, ge=0.0, description="sigma(pT)/pT^2 term, 1/GeV")
+    muon_abs_eta_max: float = Field(2.4, gt=0.0)
+    muon_pt_min_gev: float = Field(3.0, ge=0.0)
+    muon_efficiency: float = Field(0.95, ge=0.0, le=1.0)
+    calo_abs_eta_max: float = Field(3.0, gt=0.0)
+    ecal_cell: float = Field(0.0174, gt=0.0, description="ECAL tower size in eta and phi")
+    hcal_cell: float = Field(0.087, gt=0.0, description="HCAL tower size in eta and phi")
+    # sigma(E)^2 = (a E)^2 + b^2 E + c^2, E in GeV (Delphes CMS parameterisation)
+    ecal_resolution_abc: tuple[float, float, float] = (0.007, 0.07, 0.35)
+    hcal_resolution_abc: tuple[float, float, float] = (0.05, 1.5, 0.0)
+    ecal_threshold_gev: float = Field(0.5, ge=0.0)
+    hcal_threshold_gev: float = Field(1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _acceptance(self) -> DetectorConfig:
+        if self.muon_abs_eta_max > self.tracker_abs_eta_max:
+            raise ValueError(
+                f"muon_abs_eta_max {self.muon_abs_eta_max} must not exceed "
+                f"tracker_abs_eta_max {self.tracker_abs_eta_max} (muons need a track)"
+            )
+        return self
+
+
+class GenerationConfig(_Frozen):
+    """How events are made: shards, Pythia switches shared by all samples."""
+
+    shard_jets: int = Field(2000, ge=10, le=1_000_000, description="jets per shard (one Ray call)")
+    mpi: bool = Field(False, description="multi-parton interactions (off in the seed papers)")
+    hadronization: bool = True
+    shower: Literal["simple", "vincia", "dire"] = "simple"
+    batch_events: int = Field(200, ge=1, le=100_000, description="events per Pythia.nextBatch call")
+
+    @field_validator("shower")
+    @classmethod
+    def _shower_available(cls, v: str) -> str:
+        if v == "dire":
+            raise ValueError(
+                "'dire' is not in pythia8mc 8.317 (Dire was folded out of Pythia 8.3's build); "
+                "use 'simple' (Pythia's default shower) or 'vincia'"
+            )
+        return v
+
+
+class SampleConfig(_Frozen):
+    """One named sample: a process preset and how many selected jets to make."""
+
+    process: str
+    n_jets: int = Field(gt=0, le=100_000_000)
+    pthat_min_gev: float | None = Field(None, ge=0.0)
+    pthat_max_gev: float | None = Field(None, gt=0.0)
+    require_match: bool | None = Field(
+        None, description="keep only truth-matched jets (default: yes for signal processes)"
+    )
+    pythia_settings: tuple[str, ...] = Field((), description="extra Pythia readString lines")
+
+    @field_validator("process")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in PROCESSES:
+            raise ValueError(f"unknown process {v!r}; valid processes: {', '.join(sorted(PROCESSES))}")
+        return v
+
+    @model_validator(mode="after")
+    def _pthat(self) -> SampleConfig:
+        if (
+            self.pthat_min_gev is not None
+            and self.pthat_max_gev is not None
+            and self.pthat_min_gev >= self.pthat_max_gev
+        ):
+            raise ValueError(
+                f"pthat_min_gev {self.pthat_min_gev} must be below pthat_max_gev {self.pthat_max_gev}"
+            )
+        return self
+
+    @property
+    def is_signal(self) -> bool:
+        return PROCESSES[self.process].is_signal
+
+    @property
+    def keep_only_matched(self) -> bool:
+        return self.is_signal if self.require_match is None else self.require_match
+
+
+class Study(_Frozen):
+    """A whole study: where it is stored, its seed, collider, jets, detector and samples."""
+
+    name: str = Field(pattern=_NAME_RE)
+    store: str = Field(min_length=1, description="local path or fsspec URL of the zarr store")
+    seed: int = Field(ge=0, lt=2**63)
+    sqrt_s_gev: float = Field(14000.0, gt=0.0)
+    jet: JetConfig = JetConfig()
+    detector: DetectorConfig = DetectorConfig()
+    generation: GenerationConfig = GenerationConfig()
+    samples: dict[str, SampleConfig]
+
+    @field_validator("samples")
+    @classmethod
+    def _sample_names(cls, v: dict[str, SampleConfig]) -> dict[str, SampleConfig]:
+        if not v:
+            raise ValueError("a study needs at least one sample, e.g. qcd: {process: qcd_dijet, n_jets: 1000}")
+        for name in v:
+            if not re.match(_NAME_RE, name):
+                raise ValueError(
+                    f"sample name {name!r} must start with a letter and hold only letters, digits, '_' or '-'"
+                )
+        return v
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "study") -> Study:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a study must be a mapping of keys to values, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise config_error_from(exc, cls, source=source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Study:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"study file {str(path)!r} does not exist: pass the path of a study YAML file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        study = cls.from_dict(data, source=str(path))
+        store = study.store
+        if "://" not in store and not Path(store).is_absolute():
+            # a relative store path is relative to the study file, not to the shell's cwd
+            study = study.model_copy(update={"store": str((path.parent / store).resolve())})
+        return study
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def sample(self, name: str) -> SampleConfig:
+        try:
+            return self.samples[name]
+        except KeyError:
+            raise ConfigError(
+                f"samples: no sample named {name!r} in study {self.name!r}; samples: {', '.join(self.samples)}"
+            ) from None
+
+    def generation_settings(self, sample: str) -> dict[str, Any]:
+        """Everything that determines the jets of one sample (what its hash covers)."""
+        return {
+            "sqrt_s_gev": self.sqrt_s_gev,
+            "seed": self.seed,
+            "jet": self.jet.model_dump(mode="json"),
+            "detector": self.detector.model_dump(mode="json"),
+            "generation": self.generation.model_dump(mode="json"),
+            "sample": {"name": sample, **self.sample(sample).model_dump(mode="json")},
+        }
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able settings mapping."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Walk a pydantic model along an error location to list the keys valid there."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        else:  # dict[str, Model]: skip the free key
+            args = getattr(current, "__args__", ())
+            current = args[-1] if args else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def config_error_from(exc: ValidationError, model: type[BaseModel], *, source: str) -> ConfigError:
+    """Turn a pydantic ValidationError into one ConfigError naming each key, rule and value."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc)
+            hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+            lines.append(f"{key}: unknown key{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {msg} (got {err.get('input')!r})")
+    return ConfigError(f"{source}: invalid study\n  " + "\n  ".join(lines))

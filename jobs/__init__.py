@@ -1,0 +1,3 @@
+"""The pipeline stages (one module each) and the ``jetscan`` command line."""
+
+__all__ = ["generate", "cli"]

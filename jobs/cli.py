@@ -1,0 +1,164 @@
+"""The ``jetscan`` command line: flags become config models here, at the edge.
+
+    jetscan run STUDY.yaml         the whole study on local defaults (today: generation)
+    jetscan generate STUDY.yaml    [--address HOST:PORT] [--workers N] [--sample NAME ...]
+    jetscan info STORE             samples, jet counts and the shard catalog
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from jetscan.core.errors import JetscanError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distributed jet-substructure studies.",
+)
+console = Console(stderr=True)
+
+
+def _study(path: Path):
+    from jetscan.core.study import Study
+
+    return Study.from_yaml(path)
+
+
+def _generate(study, workers: Optional[int], address: Optional[str], samples: Optional[list[str]], use_ray: bool):
+    from jetscan.jobs.generate import generate
+
+    totals: dict[str, int] = {}
+    for name in samples or study.samples:
+        totals[name] = study.sample(name).n_jets
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("jets"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        from jetscan.storage import catalog
+
+        bars = {}
+        for name, total in totals.items():
+            done = 0
+            try:
+                done = sum(catalog.read_catalog(study.store, name).column("n_jets").to_pylist())
+            except Exception:  # noqa: BLE001 - a new store has no catalog yet
+                done = 0
+            bars[name] = progress.add_task(name, total=total, completed=done)
+
+        def on_shard(row: dict) -> None:
+            progress.advance(bars[row["sample"]], row["n_jets"])
+
+        rows = generate(study, workers=workers, address=address, samples=samples, use_ray=use_ray, on_shard=on_shard)
+    return rows
+
+
+@app.command("generate")
+def generate_cmd(
+    study_path: Path = typer.Argument(..., metavar="STUDY.yaml", help="study file"),
+    address: Optional[str] = typer.Option(None, "--address", help="join a Ray cluster at HOST:PORT"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: one per core)"),
+    sample: Optional[list[str]] = typer.Option(None, "--sample", help="only these samples"),
+    no_ray: bool = typer.Option(False, "--no-ray", help="run in this process, without Ray"),
+) -> None:
+    """Generate every missing shard of the study's samples (re-running resumes)."""
+    study = _study(study_path)
+    rows = _generate(study, workers, address, sample, not no_ray)
+    console.print(f"committed {len(rows)} new shard(s) into {study.store}")
+    _print_info(study.store)
+
+
+@app.command("info")
+def info_cmd(store: str = typer.Argument(..., metavar="STORE", help="store path or URL")) -> None:
+    """Samples, jet counts and the shard catalog of a store."""
+    _print_info(store)
+
+
+@app.command("run")
+def run_cmd(
+    study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    address: Optional[str] = typer.Option(None, "--address"),
+) -> None:
+    """Run the whole study on local defaults: generation, then a physics summary."""
+    study = _study(study_path)
+    _generate(study, workers, address, None, True)
+    _print_info(study.store)
+    _print_physics(study)
+
+
+def _print_info(store: str) -> None:
+    from rich.table import Table
+
+    from jetscan.storage import catalog, layout
+
+    root = layout.open_root(store)
+    samples = root.attrs.get("samples", {})
+    cat = catalog.read_catalog(store)
+    out = Console()
+    out.print(f"[bold]{store}[/]  study={root.attrs.get('study')}  jetscan={root.attrs.get('jetscan')}")
+    table = Table("sample", "process", "jets committed", "jets planned", "shards", "events", "jets/s/worker", "settings hash")
+    for name, meta in samples.items():
+        group = layout.open_sample(root, name)
+        rows = cat.filter(cat.column("sample").to_numpy(zero_copy_only=False) == name) if cat.num_rows else cat
+        n = sum(rows.column("n_jets").to_pylist())
+        ev = sum(rows.column("n_events").to_pylist())
+        sec = sum(rows.column("seconds").to_pylist())
+        n_shards = -(-group.attrs["n_jets"] // group.attrs["shard_jets"])
+        rate = f"{n / sec:.1f}" if sec else "-"
+        table.add_row(
+            name, meta["process"], str(n), str(group.attrs["n_jets"]), f"{rows.num_rows}/{n_shards}", str(ev), rate, meta["settings_hash"]
+        )
+    out.print(table)
+
+
+def _print_physics(study) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    from jetscan.storage import reader
+
+    table = Table("sample", "jets", "mass median [GeV]", "mass 16-84% [GeV]", "sd mass median", "<tau32>", "<tau21>", "<n const>")
+    for name in study.samples:
+        arrays = reader.read_jets(study.store, name, ["jets/mass", "jets/sd_mass", "jets/tau1", "jets/tau2", "jets/tau3", "jets/n_constituents"])
+        m = arrays["jets/mass"]
+        if len(m) == 0:
+            continue
+        t1, t2, t3 = arrays["jets/tau1"], arrays["jets/tau2"], arrays["jets/tau3"]
+        tau32 = np.divide(t3, t2, out=np.zeros_like(t3), where=t2 > 0)
+        tau21 = np.divide(t2, t1, out=np.zeros_like(t2), where=t1 > 0)
+        lo, hi = np.percentile(m, [16, 84])
+        table.add_row(
+            name,
+            str(len(m)),
+            f"{np.median(m):.1f}",
+            f"{lo:.0f}-{hi:.0f}",
+            f"{np.median(arrays['jets/sd_mass']):.1f}",
+            f"{tau32.mean():.3f}",
+            f"{tau21.mean():.3f}",
+            f"{arrays['jets/n_constituents'].mean():.1f}",
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except JetscanError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

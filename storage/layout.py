@@ -1,0 +1,168 @@
+"""The zarr v3 layout of a jetscan store.
+
+A store is a directory (local path or fsspec URL such as ``s3://bucket/study.zarr``)
+holding one zarr v3 hierarchy plus the shard catalog (:mod:`jetscan.storage.catalog`)::
+
+    <store>/zarr.json                     root group; attrs: jetscan version, study name
+    <store>/<sample>/zarr.json            one group per sample; attrs: settings + hash,
+                                          process, n_jets, shard_jets
+    <store>/<sample>/jets/{pt,eta,phi,mass,sd_mass,tau1,tau2,tau3}   float32 (n_jets,), GeV
+    <store>/<sample>/jets/n_constituents  int32 (n_jets,)
+    <store>/<sample>/truth/label          int8  (n_jets,)  1 for signal processes, 0 else
+    <store>/<sample>/truth/matched        bool  (n_jets,)  truth match (always true for QCD)
+    <store>/<sample>/constituents/{pt,eta,phi,e}  float32 (n_jets, max_constituents)
+    <store>/<sample>/constituents/kind    int8 (n_jets, max_constituents):
+                                          0 track, 1 neutral tower, 2 muon, -1 padding
+    <store>/_catalog/<sample>/shard-NNNNNN.parquet   one row per committed shard
+
+Constituents are **pT-ordered and zero padded** to a fixed maximum: fixed-shape chunks
+are what a training loader reads fastest, and the zeros cost almost nothing after zstd.
+``jets/n_constituents`` holds the true count (it may exceed the padded width).
+
+Every array is sharded (zarr's sharding codec): one zarr shard = one jetscan shard of
+``shard_jets`` jets, split into inner chunks of up to 1000 jets, each zstd-compressed
+and crc32c-checksummed. A generation shard therefore writes one file per array.
+
+Rows are meaningful only once the catalog lists their shard: a crashed writer can leave
+bytes in a zarr shard but never a catalog row, and readers go through the catalog.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from jetscan.core.errors import StorageError
+
+__all__ = [
+    "JET_FIELDS",
+    "CONSTITUENT_FIELDS",
+    "open_root",
+    "create_sample",
+    "open_sample",
+    "write_rows",
+    "read_rows",
+    "chunk_jets_for",
+    "shard_ranges",
+]
+
+JET_FIELDS: dict[str, str] = {
+    "jets/pt": "float32",
+    "jets/eta": "float32",
+    "jets/phi": "float32",
+    "jets/mass": "float32",
+    "jets/sd_mass": "float32",
+    "jets/tau1": "float32",
+    "jets/tau2": "float32",
+    "jets/tau3": "float32",
+    "jets/n_constituents": "int32",
+    "truth/label": "int8",
+    "truth/matched": "bool",
+}
+CONSTITUENT_FIELDS: dict[str, str] = {
+    "constituents/pt": "float32",
+    "constituents/eta": "float32",
+    "constituents/phi": "float32",
+    "constituents/e": "float32",
+    "constituents/kind": "int8",
+}
+
+
+def chunk_jets_for(shard_jets: int) -> int:
+    """Inner chunk length: up to 1000 jets, dividing the shard exactly."""
+    c = math.gcd(shard_jets, 1000)
+    return c if c >= 100 else shard_jets
+
+
+def shard_ranges(n_jets: int, shard_jets: int) -> list[tuple[int, int]]:
+    """[start, stop) jet ranges of every shard of a sample (the last may be shorter)."""
+    return [(s, min(s + shard_jets, n_jets)) for s in range(0, n_jets, shard_jets)]
+
+
+def _compressors():
+    return [ZstdCodec(level=5), Crc32cCodec()]
+
+
+def open_root(store: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """Open the store's root group. ``mode='r'`` raises a StorageError if it is not a store."""
+    try:
+        return zarr.open_group(store, mode=mode, zarr_format=3, storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError if hasattr(zarr, "errors") else KeyError):
+        raise StorageError(
+            f"no jetscan store at {store!r}: run 'jetscan generate STUDY.yaml' first, or check the path"
+        ) from None
+
+
+def create_sample(
+    root: zarr.Group,
+    name: str,
+    *,
+    n_jets: int,
+    shard_jets: int,
+    max_constituents: int,
+    attrs: dict[str, Any],
+) -> zarr.Group:
+    """Create a sample group and all its (empty) arrays."""
+    group = root.require_group(name)
+    chunk = chunk_jets_for(shard_jets)
+    for path, dtype in JET_FIELDS.items():
+        group.create_array(
+            path,
+            shape=(n_jets,),
+            dtype=dtype,
+            chunks=(chunk,),
+            shards=(shard_jets,),
+            compressors=_compressors(),
+            fill_value=0,
+            dimension_names=["jet"],
+            overwrite=True,
+        )
+    for path, dtype in CONSTITUENT_FIELDS.items():
+        group.create_array(
+            path,
+            shape=(n_jets, max_constituents),
+            dtype=dtype,
+            chunks=(chunk, max_constituents),
+            shards=(shard_jets, max_constituents),
+            compressors=_compressors(),
+            fill_value=-1 if path.endswith("kind") else 0,
+            dimension_names=["jet", "constituent"],
+            overwrite=True,
+        )
+    group.attrs.update(attrs)
+    return group
+
+
+def open_sample(root: zarr.Group, name: str) -> zarr.Group:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns about the non-zarr _catalog folder
+        try:
+            group = root[name]
+        except KeyError:
+            raise StorageError(f"store has no sample {name!r}") from None
+    if not isinstance(group, zarr.Group):
+        raise StorageError(f"{name!r} in the store is not a sample group")
+    return group
+
+
+def write_rows(group: zarr.Group, start: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write one shard's rows [start, start + n) of every array of a sample."""
+    lengths = {len(v) for v in arrays.values()}
+    if len(lengths) != 1:
+        raise StorageError(f"arrays of one shard differ in length: {sorted(lengths)}")
+    expected = set(JET_FIELDS) | set(CONSTITUENT_FIELDS)
+    if set(arrays) != expected:
+        raise StorageError(f"shard arrays {sorted(arrays)} do not match the layout {sorted(expected)}")
+    (n,) = lengths
+    for path, values in arrays.items():
+        group[path][start : start + n] = values
+
+
+def read_rows(group: zarr.Group, fields: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Read rows [start, stop) of the given arrays (no catalog check: see the catalog)."""
+    return {f: group[f][start:stop] for f in fields}

@@ -1,0 +1,78 @@
+"""Shared fixtures.
+
+- ``tiny_study``: builds a small, valid study (a real Pythia study, sizes in the hundreds).
+- ``ray_local``: one local Ray instance (2 CPUs) for the whole session; ``generate`` joins
+  it instead of starting its own.
+- ``pythia_store``: one real generation (QCD, tops, gluinos at 13 TeV, 800-900 GeV jets)
+  made once per session on Ray and shared by the physics tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def make_study(store, *, samples=None, shard_jets=50, seed=7, **overrides):
+    from jetscan.core.study import Study
+
+    data = {
+        "name": "tiny",
+        "store": str(store),
+        "seed": seed,
+        "sqrt_s_gev": 13000.0,
+        "jet": {"r": 0.8, "pt_window_gev": [800.0, 900.0], "abs_eta_max": 1.0, "max_constituents": 120},
+        "generation": {"shard_jets": shard_jets, "batch_events": 100},
+        "samples": samples or {"qcd": {"process": "qcd_dijet", "n_jets": 100}},
+    }
+    data.update(overrides)
+    return Study.from_dict(data)
+
+
+@pytest.fixture(name="make_study")
+def make_study_fixture():
+    """``make_study(store, samples=..., shard_jets=..., seed=...)``: a valid small study."""
+    return make_study
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    def _make(**kw):
+        return make_study(tmp_path / "store.zarr", **kw)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pythia_store(tmp_path_factory, ray_local):
+    """A real tiny study: 300 QCD, 200 top and 100 gluino jets, generated on 2 Ray actors."""
+    from jetscan.jobs.generate import generate
+
+    store = tmp_path_factory.mktemp("physics") / "physics.zarr"
+    study = make_study(
+        store,
+        shard_jets=100,
+        seed=20260101,
+        samples={
+            "qcd": {"process": "qcd_dijet", "n_jets": 300},
+            "top": {"process": "top_hadronic", "n_jets": 200},
+            "gluino": {"process": "gluino_rpv", "n_jets": 100},
+        },
+    )
+    generate(study, workers=2)
+    return study

@@ -1,0 +1,58 @@
+"""Final-state particles and resonance truth from real Pythia8 batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jetscan.core.events import final_state_particles, resonance_truth, select_events
+from jetscan.core.processes import PROCESSES, pythia_seed, pythia_settings
+
+pythia8mc = pytest.importorskip("pythia8mc")
+
+
+def batch(process, n=40, pthat=700.0):
+    pythia = pythia8mc.Pythia("", False)
+    for line in pythia_settings(process, sqrt_s_gev=13000.0, pthat_min_gev=pthat, pthat_max_gev=None, seed=11):
+        assert pythia.readString(line), line
+    assert pythia.init()
+    return pythia.nextBatch(n)
+
+
+@pytest.fixture(scope="module")
+def ttbar():
+    return batch("top_hadronic")
+
+
+def test_final_state_is_visible_and_conserves_momentum(ttbar):
+    parts = final_state_particles(ttbar.prt)
+    assert parts["n_events"] == 40
+    assert not np.isin(np.abs(parts["pid"]), [12, 14, 16]).any()
+    # hadronic ttbar: transverse momentum balances up to neutrinos from hadron decays
+    sum_px = np.bincount(parts["event"], weights=parts["px"])
+    sum_py = np.bincount(parts["event"], weights=parts["py"])
+    assert np.median(np.hypot(sum_px, sum_py)) < 20.0
+
+
+def test_every_top_has_three_decay_partons(ttbar):
+    truth = resonance_truth(ttbar.prt, PROCESSES["top_hadronic"].match_ids)
+    assert np.bincount(truth["event"], minlength=40).tolist() == [2] * 40
+    assert np.diff(truth["prod_offsets"]).tolist() == [3] * 80  # b + two quarks from the W
+    assert (truth["pid"] == 6).all()
+    assert np.median(truth["pt"]) > 500.0
+    kept = select_events(truth, np.arange(40) % 2 == 0)
+    assert np.bincount(kept["event"]).tolist() == [2] * 20
+
+
+def test_wprime_matches_x_and_y_separately():
+    b = batch("wprime_xy", n=10, pthat=0.0)
+    truth = resonance_truth(b.prt, PROCESSES["wprime_xy"].match_ids)
+    assert sorted(set(truth["pid"].tolist())) == [35, 37]
+    assert np.diff(truth["prod_offsets"]).tolist() == [2] * len(truth["pid"])
+
+
+def test_seeds_depend_only_on_master_sample_and_shard():
+    assert pythia_seed(1, "qcd", 0) == pythia_seed(1, "qcd", 0)
+    seeds = {pythia_seed(1, s, i) for s in ("qcd", "top") for i in range(50)}
+    assert len(seeds) == 100
+    assert all(1 <= s <= 900_000_001 for s in seeds)

@@ -1,0 +1,108 @@
+"""The study file: valid studies load, every bad input gets one clear error naming key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jetscan.core.errors import ConfigError
+from jetscan.core.study import Study, settings_hash
+
+ROOT = Path(__file__).parents[2]
+
+
+def base(**overrides):
+    data = {
+        "name": "t",
+        "store": "/tmp/x.zarr",
+        "seed": 1,
+        "samples": {"qcd": {"process": "qcd_dijet", "n_jets": 10}},
+    }
+    data.update(overrides)
+    return data
+
+
+def test_quickstart_loads_and_store_is_relative_to_the_file():
+    study = Study.from_yaml(ROOT / "studies" / "quickstart.yaml")
+    assert set(study.samples) == {"qcd", "top", "gluino"}
+    assert study.samples["top"].is_signal and not study.samples["qcd"].is_signal
+    assert Path(study.store).is_absolute()
+    assert Path(study.store).parent == (ROOT / "out").resolve()
+
+
+def test_defaults_follow_the_seed_papers():
+    study = Study.from_dict(base())
+    assert study.jet.r == 0.8 and study.jet.algorithm == "antikt"
+    assert study.generation.mpi is False and study.generation.hadronization is True
+    assert study.detector.tracker_abs_eta_max == 2.5
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"jet": {"pt_window_gev": [650, 550]}}, "jet.pt_window_gev: lower edge 650.0 must be below upper edge 550.0"),
+        ({"jet": {"r": -1}}, "jet.r"),
+        ({"samples": {"qcd": {"process": "qcd", "n_jets": 10}}}, "unknown process 'qcd'; valid processes: dark_shower"),
+        ({"samples": {"qcd": {"process": "qcd_dijet", "n_jets": 0}}}, "samples.qcd.n_jets"),
+        ({"samples": {}}, "at least one sample"),
+        ({"samples": {"1bad": {"process": "qcd_dijet", "n_jets": 1}}}, "sample name '1bad'"),
+        ({"generation": {"shower": "dire"}}, "generation.shower: 'dire' is not in pythia8mc"),
+        ({"generation": {"shard_jets": 1}}, "generation.shard_jets"),
+        ({"seed": -3}, "seed"),
+        ({"detector": {"track_efficiency": 1.5}}, "detector.track_efficiency"),
+        ({"detector": {"muon_abs_eta_max": 3.0}}, "muon_abs_eta_max 3.0 must not exceed tracker_abs_eta_max 2.5"),
+    ],
+)
+def test_bad_values_name_key_and_value(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        Study.from_dict(base(**overrides))
+    assert needle in str(err.value)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        Study.from_dict(base(jet={"radius": 1.0}))
+    msg = str(err.value)
+    assert "jet.radius: unknown key" in msg
+    assert "valid keys here: algorithm, r, pt_window_gev" in msg
+
+
+def test_unknown_key_inside_a_sample():
+    with pytest.raises(ConfigError) as err:
+        Study.from_dict(base(samples={"qcd": {"process": "qcd_dijet", "n_jets": 5, "njets": 5}}))
+    assert "samples.qcd.njets: unknown key; valid keys here: process, n_jets" in str(err.value)
+
+
+def test_missing_required_key():
+    data = base()
+    del data["seed"]
+    with pytest.raises(ConfigError, match="seed: required key is missing"):
+        Study.from_dict(data)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Study.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Study.from_yaml(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        Study.from_yaml(bad)
+
+
+def test_unknown_sample_lookup_names_the_samples():
+    study = Study.from_dict(base())
+    with pytest.raises(ConfigError, match="no sample named 'top'.*samples: qcd"):
+        study.sample("top")
+
+
+def test_settings_hash_tracks_what_makes_the_jets():
+    a = Study.from_dict(base())
+    b = Study.from_dict(base(seed=2))
+    c = Study.from_dict(base(name="renamed"))
+    h = lambda s: settings_hash(s.generation_settings("qcd"))  # noqa: E731
+    assert h(a) != h(b)
+    assert h(a) == h(c)  # the study's name does not change the jets
