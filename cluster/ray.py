@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from jetscan.core.errors import RunnerError
 
-__all__ = ["run_actors", "ensure_ray", "check_address"]
+__all__ = ["run_actors", "run_tasks", "ensure_ray", "check_address"]
 
 
 def check_address(address: str) -> None:
@@ -55,6 +55,42 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
+def _drive(submit: Callable[[Any, Any], Any], slots: list, tasks: Sequence[Any], on_result, replace_slot) -> list[Any]:
+    """Keep every slot busy with one task; collect results in completion order.
+
+    ``submit(slot, task) -> ObjectRef``; ``replace_slot(slot) -> slot`` after a failure (a dead
+    actor is swapped for a fresh one). A failed task is kept as data and reported at the end.
+    """
+    import ray
+
+    pending: dict[Any, tuple[Any, Any]] = {}
+    queue, idle = list(tasks), list(slots)
+    results, failures = [], []
+    while queue or pending:
+        while idle and queue:
+            slot, task = idle.pop(), queue.pop(0)
+            pending[submit(slot, task)] = (slot, task)
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        slot, task = pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            failures.append((task, exc))
+            slot = replace_slot(slot)
+        else:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        idle.append(slot)
+    if failures:
+        lines = "\n".join(f"  {task}: {_first_line(exc)}" for task, exc in failures[:10])
+        raise RunnerError(
+            f"{len(failures)} of {len(tasks)} tasks failed ({len(results)} committed and kept; "
+            f"re-run the same command to retry the rest):\n{lines}"
+        )
+    return results
+
+
 def run_actors(
     worker_cls: type,
     init_args: tuple,
@@ -74,41 +110,42 @@ def run_actors(
     try:
         remote_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(worker_cls)
         actors = [remote_cls.remote(*init_args) for _ in range(min(workers, len(tasks)))]
-        pending: dict[Any, tuple[Any, Any]] = {}
-        queue = list(tasks)
-        idle = list(actors)
-        results, failures = [], []
-        while queue or pending:
-            while idle and queue:
-                actor, task = idle.pop(), queue.pop(0)
-                pending[getattr(actor, method).remote(task)] = (actor, task)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            actor, task = pending.pop(ref)
+
+        def replace(actor):
             try:
-                result = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                failures.append((task, exc))
-                # the actor may be dead for good: replace it
-                try:
-                    ray.kill(actor)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
-                actor = remote_cls.remote(*init_args)
-            else:
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
-            idle.append(actor)
-        for actor in actors:
-            ray.kill(actor)
-        if failures:
-            lines = "\n".join(f"  {task}: {_first_line(exc)}" for task, exc in failures[:10])
-            raise RunnerError(
-                f"{len(failures)} of {len(tasks)} tasks failed ({len(results)} committed and kept; "
-                f"re-run the same command to retry the rest):\n{lines}"
-            )
-        return results
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            return remote_cls.remote(*init_args)
+
+        try:
+            return _drive(lambda a, t: getattr(a, method).remote(t), actors, tasks, on_result, replace)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_tasks(
+    fn: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    *,
+    workers: int,
+    address: str | None = None,
+    on_result: Callable[[Any], None] | None = None,
+) -> list[Any]:
+    """Run ``fn(task)`` as one stateless Ray task per item, ``workers`` at a time (retried once)."""
+    import ray
+
+    if workers < 1:
+        raise RunnerError(f"workers must be at least 1 (got {workers})")
+    started = ensure_ray(address, None if address else max(workers, os.cpu_count() or 1))
+    try:
+        remote_fn = ray.remote(num_cpus=1, max_retries=1)(fn)
+        slots = list(range(min(workers, len(tasks))))
+        return _drive(lambda _s, t: remote_fn.remote(t), slots, tasks, on_result, lambda s: s)
     finally:
         if started:
             ray.shutdown()

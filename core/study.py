@@ -33,6 +33,12 @@ from jetscan.core.errors import ConfigError
 from jetscan.core.processes import PROCESSES
 
 __all__ = [
+    "REPRESENTATION_PRESETS",
+    "RepresentationConfig",
+    "PreprocessConfig",
+    "SplitConfig",
+    "ContaminationConfig",
+    "DataConfig",
     "JetConfig",
     "DetectorConfig",
     "GenerationConfig",
@@ -167,6 +173,108 @@ class SampleConfig(_Frozen):
         return self.is_signal if self.require_match is None else self.require_match
 
 
+#: representation presets: the image presets of jetscan.core.images, LoLa 4-vectors, jet features
+REPRESENTATION_PRESETS = ("heimel40", "heimel40_centred", "ms37x4", "ms37", "lola40", "highlevel")
+
+
+class RepresentationConfig(_Frozen):
+    """One network input, stored as ``<sample>/inputs/<name>``.
+
+    ``preset`` picks the recipe; image keys override single settings of an image preset, so
+    another paper's convention is a config change (``n_pixels: [33, 33]``...).
+    """
+
+    preset: Literal["heimel40", "heimel40_centred", "ms37x4", "ms37", "lola40", "highlevel"]
+    n_pixels: tuple[int, int] | None = None
+    x_range: tuple[float, float] | None = None
+    y_range: tuple[float, float] | None = None
+    colours: tuple[str, ...] | None = None
+    centre: bool | None = None
+    rotate: bool | None = None
+    flip: bool | None = None
+    normalise: Literal["sum", "total_pt"] | None = None
+    n_constituents: int = Field(40, ge=1, le=2000, description="leading constituents kept (lola40)")
+
+    @model_validator(mode="after")
+    def _fits_preset(self) -> RepresentationConfig:
+        image_keys = ("n_pixels", "x_range", "y_range", "colours", "centre", "rotate", "flip", "normalise")
+        if self.preset in ("lola40", "highlevel"):
+            bad = [k for k in image_keys if getattr(self, k) is not None]
+            if bad:
+                raise ValueError(f"{', '.join(bad)} only apply to image presets, not to {self.preset!r}")
+        for key in ("x_range", "y_range"):
+            rng = getattr(self, key)
+            if rng is not None and not rng[0] < rng[1]:
+                raise ValueError(f"{key}: lower edge {rng[0]} must be below upper edge {rng[1]}")
+        if self.n_pixels is not None and min(self.n_pixels) < 1:
+            raise ValueError(f"n_pixels must be positive, got {list(self.n_pixels)}")
+        if self.colours is not None:
+            from jetscan.core.images import COLOURS
+
+            unknown = [c for c in self.colours if c not in COLOURS]
+            if unknown or not self.colours:
+                raise ValueError(f"unknown colours {unknown}; colours: {', '.join(COLOURS)}")
+        return self
+
+
+class PreprocessConfig(_Frozen):
+    """Which network inputs ``jetscan preprocess`` stores beside the jets."""
+
+    representations: dict[str, RepresentationConfig] = Field(
+        default_factory=lambda: {"heimel40": RepresentationConfig(preset="heimel40")}
+    )
+
+    @field_validator("representations", mode="before")
+    @classmethod
+    def _preset_from_name(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):  # a plain list of preset names
+            v = {name: {} for name in v}
+        if isinstance(v, dict):
+            v = {k: ({"preset": k, **(c or {})} if k in REPRESENTATION_PRESETS and "preset" not in (c or {}) else c)
+                 for k, c in v.items()}
+        return v
+
+    @field_validator("representations")
+    @classmethod
+    def _names(cls, v: dict[str, RepresentationConfig]) -> dict[str, RepresentationConfig]:
+        for name in v:
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"representation name {name!r} must start with a letter (letters, digits, '_', '-')")
+        return v
+
+
+class SplitConfig(_Frozen):
+    """Per-sample jet-level train / validation / test fractions (a seeded permutation)."""
+
+    train: float = Field(0.6, ge=0.0, le=1.0)
+    val: float = Field(0.2, ge=0.0, le=1.0)
+    test: float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + val + test must be 1, got {total:g} ({self.train}, {self.val}, {self.test})")
+        return self
+
+
+class ContaminationConfig(_Frozen):
+    """Mix signal jets into a background training set: signal / (signal + background) = fraction."""
+
+    signal: str
+    fraction: float = Field(ge=0.0, lt=1.0)
+
+
+class DataConfig(_Frozen):
+    """How training data is read: splits, contamination, batching and streaming."""
+
+    splits: SplitConfig = SplitConfig()
+    contamination: ContaminationConfig | None = None
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    shuffle_buffer_jets: int = Field(20_000, ge=0, description="jets held for shuffling (0: chunk order only)")
+    prefetch_chunks: int = Field(4, ge=0, le=64, description="chunks read ahead by background threads")
+
+
 class Study(_Frozen):
     """A whole study: where it is stored, its seed, collider, jets, detector and samples."""
 
@@ -178,6 +286,8 @@ class Study(_Frozen):
     detector: DetectorConfig = DetectorConfig()
     generation: GenerationConfig = GenerationConfig()
     samples: dict[str, SampleConfig]
+    preprocess: PreprocessConfig = PreprocessConfig()
+    data: DataConfig = DataConfig()
 
     @field_validator("samples")
     @classmethod
@@ -190,6 +300,24 @@ class Study(_Frozen):
                     f"sample name {name!r} must start with a letter and hold only letters, digits, '_' or '-'"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _known_signal(self) -> Study:
+        c = self.data.contamination
+        if c is not None and c.signal not in self.samples:
+            raise ValueError(
+                f"data.contamination.signal: no sample named {c.signal!r}; samples: {', '.join(self.samples)}"
+            )
+        return self
+
+    def representation(self, name: str) -> RepresentationConfig:
+        try:
+            return self.preprocess.representations[name]
+        except KeyError:
+            raise ConfigError(
+                f"preprocess.representations: no representation named {name!r}; the study has "
+                f"{', '.join(self.preprocess.representations) or 'none'} (presets: {', '.join(REPRESENTATION_PRESETS)})"
+            ) from None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -275,7 +403,8 @@ def config_error_from(exc: ValidationError, model: type[BaseModel], *, source: s
             hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
             lines.append(f"{key}: unknown key{hint}")
         elif err["type"] == "missing":
-            lines.append(f"{key}: required key is missing")
+            hint = f" (presets: {', '.join(REPRESENTATION_PRESETS)})" if loc[-1] == "preset" else ""
+            lines.append(f"{key}: required key is missing{hint}")
         else:
             lines.append(f"{key}: {msg} (got {err.get('input')!r})")
     return ConfigError(f"{source}: invalid study\n  " + "\n  ".join(lines))

@@ -2,7 +2,8 @@
 
     jetscan run STUDY.yaml         the whole study on local defaults (today: generation)
     jetscan generate STUDY.yaml    [--address HOST:PORT] [--workers N] [--sample NAME ...]
-    jetscan info STORE             samples, jet counts and the shard catalog
+    jetscan preprocess STUDY.yaml  [--address HOST:PORT] [--workers N] [--representation NAME ...]
+    jetscan info STORE             samples, jet counts, stored inputs and the shard catalog
 """
 
 from __future__ import annotations
@@ -79,6 +80,41 @@ def generate_cmd(
     _print_info(study.store)
 
 
+def _preprocess(study, workers, address, representations, use_ray: bool):
+    from jetscan.jobs.preprocess import bytes_per_jet, plan, preprocess
+
+    todo, _ = plan(study, None, representations)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        bar = progress.add_task("preprocess", total=len(todo))
+        rows, waiting = preprocess(
+            study, workers=workers, address=address, representations=representations, use_ray=use_ray,
+            on_shard=lambda row: progress.advance(bar),
+        )
+    for sample, shards in waiting.items():
+        console.print(f"[yellow]{sample}: shard(s) {shards} not generated yet; they are preprocessed once generated[/]")
+    console.print(f"committed {len(rows)} input shard(s)")
+    for name in representations or study.preprocess.representations:
+        sizes = ", ".join(f"{s} {bytes_per_jet(study.store, s, name):.0f}" for s in study.samples)
+        console.print(f"  {name}: stored bytes per jet: {sizes}")
+    return rows
+
+
+@app.command("preprocess")
+def preprocess_cmd(
+    study_path: Path = typer.Argument(..., metavar="STUDY.yaml", help="study file"),
+    address: Optional[str] = typer.Option(None, "--address", help="join a Ray cluster at HOST:PORT"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="parallel Ray tasks (default: one per core)"),
+    representation: Optional[list[str]] = typer.Option(None, "--representation", help="only these representations"),
+    no_ray: bool = typer.Option(False, "--no-ray", help="run in this process, without Ray"),
+) -> None:
+    """Store the study's network inputs (jet images, LoLa 4-vectors) beside the jets."""
+    study = _study(study_path)
+    _preprocess(study, workers, address, representation, not no_ray)
+
+
 @app.command("info")
 def info_cmd(store: str = typer.Argument(..., metavar="STORE", help="store path or URL")) -> None:
     """Samples, jet counts and the shard catalog of a store."""
@@ -91,9 +127,10 @@ def run_cmd(
     workers: Optional[int] = typer.Option(None, "--workers"),
     address: Optional[str] = typer.Option(None, "--address"),
 ) -> None:
-    """Run the whole study on local defaults: generation, then a physics summary."""
+    """Run the whole study on local defaults: generation, preprocessing, then a physics summary."""
     study = _study(study_path)
     _generate(study, workers, address, None, True)
+    _preprocess(study, workers, address, None, True)
     _print_info(study.store)
     _print_physics(study)
 

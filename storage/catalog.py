@@ -8,6 +8,10 @@ the resume logic trust the catalog alone.
 
 Columns: sample, shard, start, stop, n_jets, n_events, seed, settings_hash, seconds,
 created_utc, host, jetscan, pythia8mc, fastjet, zarr.
+
+Derived arrays (``jetscan preprocess``) keep their own catalog per representation,
+``<store>/_catalog/<sample>/inputs/<representation>/shard-NNNNNN.parquet`` with
+``INPUTS_SCHEMA``; pass ``table="inputs/<representation>"``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pyarrow.parquet as pq
 
 from jetscan.core.errors import StorageError
 
-__all__ = ["CATALOG_DIR", "CATALOG_SCHEMA", "commit_shard", "read_catalog", "committed_shards", "now_utc"]
+__all__ = ["CATALOG_DIR", "CATALOG_SCHEMA", "INPUTS_SCHEMA", "commit_shard", "read_catalog", "committed_shards", "now_utc"]
 
 CATALOG_DIR = "_catalog"
 
@@ -49,25 +53,52 @@ CATALOG_SCHEMA = pa.schema(
 )
 
 
+INPUTS_SCHEMA = pa.schema(
+    [
+        ("sample", pa.string()),
+        ("representation", pa.string()),
+        ("shard", pa.int64()),
+        ("start", pa.int64()),
+        ("stop", pa.int64()),
+        ("n_jets", pa.int64()),
+        ("nbytes_stored", pa.int64()),
+        ("settings_hash", pa.string()),
+        ("seconds", pa.float64()),
+        ("created_utc", pa.string()),
+        ("host", pa.string()),
+        ("jetscan", pa.string()),
+    ]
+)
+
+
+def _schema(table: str) -> pa.Schema:
+    return CATALOG_SCHEMA if table == "jets" else INPUTS_SCHEMA
+
+
+def _dir(table: str) -> str:
+    return "" if table == "jets" else f"/{table}"
+
+
 def _fs(store: str):
     fs, path = fsspec.core.url_to_fs(store)
     return fs, path.rstrip("/")
 
 
-def _shard_path(base: str, sample: str, shard: int) -> str:
-    return f"{base}/{CATALOG_DIR}/{sample}/shard-{shard:06d}.parquet"
+def _shard_path(base: str, sample: str, shard: int, table: str = "jets") -> str:
+    return f"{base}/{CATALOG_DIR}/{sample}{_dir(table)}/shard-{shard:06d}.parquet"
 
 
-def commit_shard(store: str, row: dict) -> None:
+def commit_shard(store: str, row: dict, *, table: str = "jets") -> None:
     """Atomically record one committed shard (call only after its rows are written)."""
-    missing = set(CATALOG_SCHEMA.names) - set(row)
+    schema = _schema(table)
+    missing = set(schema.names) - set(row)
     if missing:
         raise StorageError(f"catalog row lacks {sorted(missing)}")
-    table = pa.Table.from_pylist([{k: row[k] for k in CATALOG_SCHEMA.names}], schema=CATALOG_SCHEMA)
+    arrow = pa.Table.from_pylist([{k: row[k] for k in schema.names}], schema=schema)
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(arrow, buf)
     fs, base = _fs(store)
-    final = _shard_path(base, row["sample"], int(row["shard"]))
+    final = _shard_path(base, row["sample"], int(row["shard"]), table)
     fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
     if isinstance(fs, LocalFileSystem):
         tmp = f"{final}.{uuid.uuid4().hex}.tmp"
@@ -80,22 +111,23 @@ def commit_shard(store: str, row: dict) -> None:
         fs.pipe_file(final, buf.getvalue())  # one PUT: atomic on object stores
 
 
-def read_catalog(store: str, sample: str | None = None) -> pa.Table:
+def read_catalog(store: str, sample: str | None = None, *, table: str = "jets") -> pa.Table:
     """All committed shards (of one sample, or all), sorted by sample and shard."""
+    schema = _schema(table)
     fs, base = _fs(store)
-    pattern = f"{base}/{CATALOG_DIR}/{sample or '*'}/shard-*.parquet"
+    pattern = f"{base}/{CATALOG_DIR}/{sample or '*'}{_dir(table)}/shard-*.parquet"
     files = sorted(fs.glob(pattern))
     if not files:
-        return CATALOG_SCHEMA.empty_table()
+        return schema.empty_table()
     tables = []
     for path in files:
         with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, schema=CATALOG_SCHEMA))
+            tables.append(pq.read_table(f, schema=schema))
     return pa.concat_tables(tables).sort_by([("sample", "ascending"), ("shard", "ascending")])
 
 
-def committed_shards(store: str, sample: str) -> set[int]:
-    return set(read_catalog(store, sample).column("shard").to_pylist())
+def committed_shards(store: str, sample: str, *, table: str = "jets") -> set[int]:
+    return set(read_catalog(store, sample, table=table).column("shard").to_pylist())
 
 
 def now_utc() -> str:

@@ -14,6 +14,10 @@ holding one zarr v3 hierarchy plus the shard catalog (:mod:`jetscan.storage.cata
     <store>/<sample>/constituents/kind    int8 (n_jets, max_constituents):
                                           0 track, 1 neutral tower, 2 muon, -1 padding
     <store>/_catalog/<sample>/shard-NNNNNN.parquet   one row per committed shard
+    <store>/<sample>/inputs/<representation>  float32 (n_jets, *shape): network inputs made by
+                                          ``jetscan preprocess`` (images, LoLa 4-vectors,
+                                          jet features); attrs: settings + hash, shape
+    <store>/_catalog/<sample>/inputs/<representation>/shard-NNNNNN.parquet
 
 Constituents are **pT-ordered and zero padded** to a fixed maximum: fixed-shape chunks
 are what a training loader reads fastest, and the zeros cost almost nothing after zstd.
@@ -35,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from jetscan.core.errors import StorageError
 
@@ -44,6 +48,7 @@ __all__ = [
     "CONSTITUENT_FIELDS",
     "open_root",
     "create_sample",
+    "create_inputs",
     "open_sample",
     "write_rows",
     "read_rows",
@@ -136,6 +141,32 @@ def create_sample(
         )
     group.attrs.update(attrs)
     return group
+
+
+def create_inputs(
+    group: zarr.Group, name: str, *, shape: tuple[int, ...], shard_jets: int, attrs: dict[str, Any]
+) -> zarr.Array:
+    """Create ``inputs/<name>`` of a sample: float32 (n_jets, *shape), sharded like the jets.
+
+    Jet images are sparse (10-70 of 1600 pixels lit): zstd over byte-shuffled float32
+    squeezes the zeros to a few bytes, so stored bytes scale with lit pixels, not pixels.
+    """
+    n_jets = group["jets/pt"].shape[0]
+    chunk = chunk_jets_for(shard_jets)
+    arr = group.create_array(
+        f"inputs/{name}",
+        shape=(n_jets, *shape),
+        dtype="float32",
+        chunks=(chunk, *shape),
+        shards=(shard_jets, *shape),
+        filters=[],
+        compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=4), Crc32cCodec()],
+        fill_value=0,
+        dimension_names=["jet", *[f"axis{i}" for i in range(1, len(shape) + 1)]],
+        overwrite=True,
+    )
+    arr.attrs.update(attrs)
+    return arr
 
 
 def open_sample(root: zarr.Group, name: str) -> zarr.Group:

@@ -1,0 +1,131 @@
+"""The streaming loader: exactly-once per epoch across ranks, splits, contamination, on the fly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jetscan.core.errors import ConfigError, StorageError
+from jetscan.core.study import ContaminationConfig
+from jetscan.storage.loader import JetStream, split_assignment
+
+pytestmark = [pytest.mark.slow, pytest.mark.pythia]
+
+
+@pytest.fixture(scope="module")
+def study(pythia_store, ray_local):
+    from jetscan.jobs.preprocess import preprocess
+
+    preprocess(pythia_store, workers=2)
+    return pythia_store
+
+
+def keys(batches):
+    return np.concatenate([np.stack([b["sample"], b["index"]], 1) for b in batches])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_each_jet_exactly_once_per_epoch_across_ranks(study, world_size):
+    seen = []
+    sizes = []
+    for rank in range(world_size):
+        stream = JetStream(study, ["qcd", "top"], "heimel40", split="train", rank=rank, world_size=world_size)
+        batches = list(stream.iter_numpy(epoch=5))
+        sizes.append(sum(len(b["label"]) for b in batches))
+        assert sizes[-1] == stream.jets_this_rank(5)
+        seen.append(keys(batches))
+    allk = np.concatenate(seen)
+    assert len(allk) == len(np.unique(allk, axis=0)) == stream.n_jets_total == 150 + 100
+    # ranks are disjoint
+    for a in range(world_size):
+        for b in range(a + 1, world_size):
+            assert not set(map(tuple, seen[a])) & set(map(tuple, seen[b]))
+
+
+def test_epochs_reshuffle_the_same_jets(study):
+    stream = JetStream(study, ["qcd"], "heimel40")
+    e0, e1 = keys(stream.iter_numpy(epoch=0)), keys(stream.iter_numpy(epoch=1))
+    assert not np.array_equal(e0, e1)
+    assert set(map(tuple, e0)) == set(map(tuple, e1))
+    again = keys(JetStream(study, ["qcd"], "heimel40").iter_numpy(epoch=0))
+    np.testing.assert_array_equal(e0, again)  # reproducible from the seed
+
+
+def test_splits_partition_each_sample_exactly():
+    a = split_assignment(1000, (0.6, 0.2, 0.2), 42, "qcd")
+    assert np.bincount(a).tolist() == [600, 200, 200]
+    b = split_assignment(1000, (0.6, 0.2, 0.2), 42, "top")
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, split_assignment(1000, (0.6, 0.2, 0.2), 42, "qcd"))
+
+
+def test_train_val_test_are_disjoint(study):
+    sets = [set(map(tuple, keys(JetStream(study, ["qcd"], "highlevel", split=s).iter_numpy()))) for s in ("train", "val", "test")]
+    assert sum(map(len, sets)) == 300
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+
+
+def test_contamination_fraction_is_exact(study):
+    contaminated = study.model_copy(
+        update={"data": study.data.model_copy(update={"contamination": ContaminationConfig(signal="top", fraction=0.2)})}
+    )
+    stream = JetStream(contaminated, ["qcd"], "heimel40", split="train", contaminated=True)
+    labels = np.concatenate([b["label"] for b in stream.iter_numpy()])
+    n_bkg = 150
+    assert (labels == 1).sum() == round(0.2 * n_bkg / 0.8) == stream.n_signal_mixed
+    assert (labels == 0).sum() == n_bkg
+    again = JetStream(contaminated, ["qcd"], "heimel40", split="train", contaminated=True)
+    np.testing.assert_array_equal(keys(again.iter_numpy()), keys(stream.iter_numpy()))
+    too_much = contaminated.model_copy(
+        update={"data": study.data.model_copy(update={"contamination": ContaminationConfig(signal="gluino", fraction=0.5)})}
+    )
+    with pytest.raises(ConfigError, match="needs 150 'gluino' jets in the train split but there are 50"):
+        JetStream(too_much, ["qcd"], "heimel40", contaminated=True)
+
+
+def test_on_the_fly_images_equal_stored(study):
+    for name in ("heimel40", "ms37x4", "lola40"):
+        a = JetStream(study, ["top"], name, split="test", shuffle=False)
+        b = JetStream(study, ["top"], name, split="test", shuffle=False, on_the_fly=True)
+        xa = np.concatenate([x["x"] for x in a.iter_numpy()])
+        xb = np.concatenate([x["x"] for x in b.iter_numpy()])
+        np.testing.assert_array_equal(xa, xb)
+
+
+def test_torch_batches_and_dataloader_workers(study):
+    torch = pytest.importorskip("torch")
+    stream = JetStream(study, ["qcd", "top"], "heimel40", split="train")
+    batch = next(iter(stream))
+    assert batch["x"].dtype == torch.float32 and tuple(batch["x"].shape[1:]) == (1, 40, 40)
+    assert set(batch) == {"x", "label", "mass", "weight", "sample", "index"}
+    loader = torch.utils.data.DataLoader(JetStream(study, ["qcd", "top"], "heimel40"), batch_size=None, num_workers=2)
+    got = np.concatenate([np.stack([b["sample"].numpy(), b["index"].numpy()], 1) for b in loader])
+    assert len(got) == len(np.unique(got, axis=0)) == 250
+
+
+def test_bad_inputs(study):
+    with pytest.raises(ConfigError, match="no representation named 'jets40'"):
+        JetStream(study, ["qcd"], "jets40")
+    with pytest.raises(ConfigError, match="no sample named 'zprime'"):
+        JetStream(study, ["zprime"], "heimel40")
+    with pytest.raises(ConfigError, match="split: must be one of train, val, test"):
+        JetStream(study, ["qcd"], "heimel40", split="training")
+    with pytest.raises(ConfigError, match="need 0 <= rank < world_size"):
+        JetStream(study, ["qcd"], "heimel40", rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="needs data.contamination"):
+        JetStream(study, ["qcd"], "heimel40", contaminated=True)
+
+
+def test_not_preprocessed_or_not_generated(tiny_study):
+    from jetscan.jobs.generate import generate
+
+    study = tiny_study(samples={"qcd": {"process": "qcd_dijet", "n_jets": 40}}, shard_jets=20)
+    generate(study, use_ray=False)
+    with pytest.raises(StorageError, match="not preprocessed for shard\\(s\\) \\[0, 1\\]; run 'jetscan preprocess'"):
+        JetStream(study, ["qcd"], "heimel40")
+    assert JetStream(study, ["qcd"], "heimel40", on_the_fly=True).n_jets_total == 20
+    import os
+
+    os.remove(f"{study.store}/_catalog/qcd/shard-000001.parquet")
+    with pytest.raises(StorageError, match="shard\\(s\\) \\[1\\] not generated yet"):
+        JetStream(study, ["qcd"], "heimel40", on_the_fly=True)
