@@ -16,7 +16,7 @@ BUILD_DEPS := setuptools>=69 wheel pybind11>=2.12 numpy fastjet==3.5.2.0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile
+$(STAMP): pyproject.toml setup.py Makefile core/_fastsub.cpp
 	@command -v g++ >/dev/null 2>&1 || { echo "installing g++ (needed to build jetscan's C++ extension)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ procps; }
 	@command -v pgrep >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps; }

@@ -30,7 +30,6 @@ __all__ = [
     "may_match",
     "take_jets",
     "concatenate_jets",
-    "constituents_awkward",
     "padded_constituents",
     "delta_r",
 ]
@@ -115,12 +114,6 @@ def concatenate_jets(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarr
     counts = np.concatenate([np.diff(b["offsets"]) for b in batches])
     out["offsets"] = np.concatenate([[0], np.cumsum(counts)])
     return out
-
-
-def constituents_awkward(jets: dict[str, np.ndarray]) -> ak.Array:
-    """Jets' constituents as ``jets var * {px, py, pz, e}`` (for the substructure functions)."""
-    record = ak.zip({f: jets[f"c_{f}"] for f in ("px", "py", "pz", "e")})
-    return ak.unflatten(record, np.diff(jets["offsets"]))
 
 
 def match_jets(jets: dict[str, np.ndarray], truth: dict[str, np.ndarray], match_dr: float = 0.6) -> np.ndarray:

@@ -38,7 +38,6 @@ from jetscan.core.events import final_state_particles, resonance_truth, select_e
 from jetscan.core.jets import (
     cluster_fat_jets,
     concatenate_jets,
-    constituents_awkward,
     match_jets,
     may_match,
     padded_constituents,
@@ -46,7 +45,7 @@ from jetscan.core.jets import (
 )
 from jetscan.core.processes import PROCESSES, pythia_seed, pythia_settings
 from jetscan.core.study import Study, settings_hash
-from jetscan.core.substructure import nsubjettiness, softdrop_masses
+from jetscan.core.substructure import substructure_csr
 from jetscan.storage import catalog, layout
 
 __all__ = ["ShardSpec", "ShardMaker", "plan", "generate", "sample_pythia_settings", "MATCH_DR"]
@@ -113,19 +112,32 @@ class ShardMaker:
         self.study = study
         self._charges: dict[int, float] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="jetscan-slha-")
+        self._instances: dict[str, object] = {}
         self.pythia = None
 
-    def _new_pythia(self, sample: str, seed: int):
-        cfg = self.study.sample(sample)
-        slha = PROCESSES[cfg.process].slha
-        slha_path = None
-        if slha:
-            slha_path = os.path.join(self._tmp.name, f"{cfg.process}.slha")
-            Path(slha_path).write_text(slha)
-        pythia = self._pythia8mc.Pythia("", False)
-        for line in sample_pythia_settings(self.study, sample, seed, slha_path):
-            if not pythia.readString(line):
-                raise ConfigError(f"samples.{sample}: Pythia rejected the setting {line!r}")
+    def _pythia_for(self, sample: str, seed: int):
+        """This worker's Pythia instance for ``sample``, (re-)initialised with ``seed``.
+
+        Constructing Pythia costs more than initialising it, so each actor keeps one
+        instance per sample and re-initialises it per shard; a re-initialised instance
+        gives exactly the events of a fresh one with the same seed (tested), so shards
+        stay independent of which actor made them.
+        """
+        pythia = self._instances.get(sample)
+        if pythia is None:
+            cfg = self.study.sample(sample)
+            slha = PROCESSES[cfg.process].slha
+            slha_path = None
+            if slha:
+                slha_path = os.path.join(self._tmp.name, f"{cfg.process}.slha")
+                Path(slha_path).write_text(slha)
+            pythia = self._pythia8mc.Pythia("", False)
+            for line in sample_pythia_settings(self.study, sample, seed, slha_path):
+                if not pythia.readString(line):
+                    raise ConfigError(f"samples.{sample}: Pythia rejected the setting {line!r}")
+            self._instances[sample] = pythia
+        else:
+            pythia.readString(f"Random:seed = {seed}")
         if not pythia.init():
             raise RunnerError(f"samples.{sample}: Pythia failed to initialise (seed {seed}); see its log above")
         self.pythia = pythia
@@ -161,9 +173,10 @@ class ShardMaker:
 
     def arrays(self, jets: dict[str, np.ndarray], label: int) -> dict[str, np.ndarray]:
         """Selected jets -> the store's arrays (see :mod:`jetscan.storage.layout`)."""
-        r0 = self.study.jet.r
-        constituents = constituents_awkward(jets)
-        taus = nsubjettiness(constituents, n_max=3, r0=r0)
+        sd_mass, taus = substructure_csr(
+            jets["offsets"], jets["c_px"], jets["c_py"], jets["c_pz"], jets["c_e"],
+            r0=self.study.jet.r, sd_beta=0.0, sd_zcut=0.1, n_tau=3, tau_beta=1.0,
+        )
         padded = padded_constituents(jets, self.study.jet.max_constituents)
         n = len(jets["pt"])
         out = {
@@ -171,7 +184,7 @@ class ShardMaker:
             "jets/eta": jets["eta"],
             "jets/phi": jets["phi"],
             "jets/mass": jets["mass"],
-            "jets/sd_mass": softdrop_masses(constituents, r0=r0, beta=0.0, z_cut=0.1),
+            "jets/sd_mass": sd_mass,
             "jets/tau1": taus[:, 0],
             "jets/tau2": taus[:, 1],
             "jets/tau3": taus[:, 2],
@@ -185,7 +198,7 @@ class ShardMaker:
 
     def make_arrays(self, spec: ShardSpec) -> tuple[dict[str, np.ndarray], int]:
         """Generate exactly ``spec.n_jets`` jets; returns (arrays, events used)."""
-        pythia = self._new_pythia(spec.sample, spec.seed)
+        pythia = self._pythia_for(spec.sample, spec.seed)
         rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0xDE7EC7]))
         batch_events = self.study.generation.batch_events
         chunks, n_jets, n_events = [], 0, 0

@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-import numpy as np
-
 from jetscan.core import representations as reps
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.study import Study, settings_hash

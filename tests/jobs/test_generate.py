@@ -293,3 +293,16 @@ def test_cli_info_and_errors(pythia_store):
     bad = subprocess.run([sys.executable, "-m", "jetscan.jobs.cli", "info", "/nonexistent/x.zarr"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "no jetscan store at '/nonexistent/x.zarr'" in bad.stderr
+
+
+def test_a_reused_pythia_instance_makes_the_same_shard_as_a_fresh_one(tiny_study):
+    from jetscan.jobs.generate import ShardMaker, ShardSpec
+
+    study = qcd_study(tiny_study)
+    spec = ShardSpec("qcd", 1, 20, 40, 123)
+    fresh, _ = ShardMaker(study).make_arrays(spec)
+    maker = ShardMaker(study)
+    maker.make_arrays(ShardSpec("qcd", 0, 0, 20, 999))  # another shard first
+    reused, _ = maker.make_arrays(spec)
+    for key in fresh:
+        np.testing.assert_array_equal(fresh[key], reused[key], err_msg=key)
