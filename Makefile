@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # torch: the CPU build on this machine's disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 # pythia8mc 8.317.2 has a CPython 3.11 x86_64 wheel; 8.318.0 ships only source (an hour to build).
-BUILD_DEPS := setuptools>=69 wheel pybind11>=2.12 numpy fastjet==3.5.2.0
+BUILD_DEPS := 'setuptools>=69' wheel 'pybind11>=2.12' numpy fastjet==3.5.2.0
 
 .PHONY: install demo test bench clean
 

@@ -35,6 +35,9 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_ROOT="${JETSCAN_WHEEL_CACHE:-$HOME/.cache/jetscan/wheels}"
 LOG_DIR="$CACHE_ROOT/logs"
 mkdir -p "$LOG_DIR"
+# keep the 20 newest logs
+find "$LOG_DIR" -maxdepth 1 -name 'horovod-*.log' -printf '%T@ %p\n' 2>/dev/null | sort -rn |
+    tail -n +20 | cut -d' ' -f2- | xargs -r rm -f --
 LOG="$LOG_DIR/horovod-$HOROVOD_VERSION-$(date +%Y%m%d-%H%M%S)-$$.log"
 : >"$LOG"
 WORK=""
@@ -53,7 +56,10 @@ fail() {
     trap - ERR
     # The first compiler/cmake/pip error line makes the one-line message actionable.
     local first_err
-    first_err="$(grep -m1 -E '(error:|Error:|CMake Error|ERROR:|FAILED)' "$LOG" 2>/dev/null | tr -s ' \t' ' ' | cut -c1-200 || true)"
+    # (CMake puts its message on the line after "CMake Error at ...", so take that one too.)
+    first_err="$(awk '/(error:|Error:|CMake Error|ERROR:)/ && !hit { hit = 1; line = $0; next }
+                      hit == 1 && NF { if (line ~ /CMake Error/) line = line " " $0; hit = 2 }
+                      END { print line }' "$LOG" 2>/dev/null | tr -s ' \t' ' ' | cut -c1-240 || true)"
     [[ -n "$first_err" ]] && reason="$reason [first error: $first_err]"
     printf 'horovod build failed: %s; full log at %s\n' "$reason" "$LOG" >&2
     printf '[%s] FAILED: %s\n' "$(date +%T)" "$reason" >>"$LOG"

@@ -64,7 +64,7 @@ COLOURS = {
 #: normalisations: None (raw sums), "sum" (each channel to unit sum; an empty channel stays 0),
 #: "total_pt" (pT colours divided by the jet's scalar pT sum over all its constituents, in the
 #: window or not; count colours stay raw counts).
-_NORMALISATIONS = (None, "sum", "total_pt")
+_NORMALISATIONS = (None, "sum", "total_pt", "max")
 
 IMAGE_PRESETS = {
     # Heimel et al. sec. 2.1, top vs QCD
@@ -79,6 +79,9 @@ IMAGE_PRESETS = {
                    colours=("neutral_pt", "track_pt", "track_count", "muon_count"),
                    centre=True, rotate=True, flip=True, normalise="total_pt"),
     # Macaluso & Shih, one colour (total pT)
+    # DeepTop's intensity scaling (pixels in [0, 1]) on the Heimel et al. 40 x 40 grid
+    "heimel40_max": dict(n_pixels=(40, 40), x_range=(-0.57, 0.57), y_range=(-0.69, 0.69),
+                         colours=("pt",), centre=True, rotate=True, flip=True, normalise="max"),
     "ms37": dict(n_pixels=(37, 37), x_range=(-1.6, 1.6), y_range=(-1.6, 1.6), colours=("pt",),
                  centre=True, rotate=True, flip=True, normalise="total_pt"),
 }
@@ -275,7 +278,9 @@ def jet_images(pt, eta, phi, kind=None, *, n_pixels=(40, 40), x_range=(-0.57, 0.
     channel per entry of ``colours`` (names in ``COLOURS``; all but ``"pt"`` and ``"count"`` need
     ``kind``). ``normalise``: None (raw sums); ``"sum"`` (each channel of each jet to unit sum,
     Heimel et al.); ``"total_pt"`` (pT channels divided by the jet's scalar pT sum over all its
-    constituents, in the window or not; count channels stay raw counts, Macaluso & Shih). An
+    constituents, in the window or not; count channels stay raw counts, Macaluso & Shih);
+    ``"max"`` (each channel of each jet divided by its brightest pixel, so pixels lie in
+    [0, 1]: the intensity scaling of DeepTop, Kasieczka et al. arXiv:1701.08784). An
     empty jet gives an all-zero image, never NaN. Presets: ``IMAGE_PRESETS``. Work is
     vectorised over ``batch_size`` jets at a time.
     """
@@ -307,7 +312,10 @@ def jet_images(pt, eta, phi, kind=None, *, n_pixels=(40, 40), x_range=(-0.57, 0.
     for start in range(0, n, int(batch_size)):
         sl = slice(start, start + int(batch_size))
         _images_batch(out[sl], pt[sl], eta[sl], phi[sl], None if kind is None else kind[sl],
-                      nx, ny, xr, yr, colours, centre, rotate, flip, normalise)
+                      nx, ny, xr, yr, colours, centre, rotate, flip, None if normalise == "max" else normalise)
+    if normalise == "max":
+        peak = out.max(axis=(2, 3), keepdims=True)
+        np.divide(out, peak, out=out, where=peak > 0)
     return out
 
 

@@ -39,6 +39,9 @@ __all__ = [
     "SplitConfig",
     "ContaminationConfig",
     "DataConfig",
+    "AdversaryConfig",
+    "RunConfig",
+    "TrainConfig",
     "JetConfig",
     "DetectorConfig",
     "GenerationConfig",
@@ -174,7 +177,7 @@ class SampleConfig(_Frozen):
 
 
 #: representation presets: the image presets of jetscan.core.images, LoLa 4-vectors, jet features
-REPRESENTATION_PRESETS = ("heimel40", "heimel40_centred", "ms37x4", "ms37", "lola40", "highlevel")
+REPRESENTATION_PRESETS = ("heimel40", "heimel40_centred", "heimel40_max", "ms37x4", "ms37", "lola40", "highlevel")
 
 
 class RepresentationConfig(_Frozen):
@@ -184,7 +187,7 @@ class RepresentationConfig(_Frozen):
     another paper's convention is a config change (``n_pixels: [33, 33]``...).
     """
 
-    preset: Literal["heimel40", "heimel40_centred", "ms37x4", "ms37", "lola40", "highlevel"]
+    preset: Literal["heimel40", "heimel40_centred", "heimel40_max", "ms37x4", "ms37", "lola40", "highlevel"]
     n_pixels: tuple[int, int] | None = None
     x_range: tuple[float, float] | None = None
     y_range: tuple[float, float] | None = None
@@ -192,7 +195,7 @@ class RepresentationConfig(_Frozen):
     centre: bool | None = None
     rotate: bool | None = None
     flip: bool | None = None
-    normalise: Literal["sum", "total_pt"] | None = None
+    normalise: Literal["sum", "total_pt", "max"] | None = None
     n_constituents: int = Field(40, ge=1, le=2000, description="leading constituents kept (lola40)")
 
     @model_validator(mode="after")
@@ -275,6 +278,51 @@ class DataConfig(_Frozen):
     prefetch_chunks: int = Field(4, ge=0, le=64, description="chunks read ahead by background threads")
 
 
+class AdversaryConfig(_Frozen):
+    """Mass decorrelation (Heimel et al. sec. 2.3): an adversary predicts the jet-mass bin."""
+
+    adv_lambda: float = Field(5e-4, ge=0.0, description="L = L_auto - adv_lambda * L_adv")
+    mass_bins: int = Field(10, ge=2, le=200, description="equal-population QCD mass bins (+2 overflow)")
+    lr: float = Field(1e-3, gt=0.0, description="adversary learning rate (Adam)")
+
+
+class RunConfig(_Frozen):
+    """One training run: a registered model, its hyperparameters and its data."""
+
+    model: str
+    hyper: dict[str, float | int | bool] = Field(default_factory=dict, description="e.g. bottleneck, lr")
+    representation: str | None = Field(None, description="default: the model's own input preset")
+    samples: tuple[str, ...] = Field(description="training samples (background only for autoencoders)")
+    contaminated: bool = Field(False, description="mix data.contamination's signal into the training set")
+    epochs: int = Field(10, ge=1, le=10_000)
+    patience: int = Field(10, ge=1, le=10_000, description="early stopping: epochs without improvement")
+    batch_size: int | None = Field(None, ge=1, le=1_000_000, description="default: the paper's")
+    optimizer: Literal["paper", "adam", "sgd", "adadelta"] = Field(
+        "paper", description="the paper's optimizer, or another one (small samples train faster with adam)"
+    )
+    lr: float | None = Field(None, gt=0.0, description="learning rate (default: the paper's, or 1e-3 for adam)")
+    adversary: AdversaryConfig | None = None
+    max_fit_jets: int = Field(200_000, ge=10, description="PCA: jets used for the fit")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from jetscan.core.models import available_models
+
+        if v not in available_models():
+            raise ValueError(f"unknown model {v!r}; models: {', '.join(available_models())}")
+        return v
+
+
+class TrainConfig(_Frozen):
+    """The study's training runs (``jetscan train STUDY --model RUN``)."""
+
+    runs: dict[str, RunConfig] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision (bfloat16) on CUDA")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: one per core)")
+
+
 class Study(_Frozen):
     """A whole study: where it is stored, its seed, collider, jets, detector and samples."""
 
@@ -288,6 +336,7 @@ class Study(_Frozen):
     samples: dict[str, SampleConfig]
     preprocess: PreprocessConfig = PreprocessConfig()
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
 
     @field_validator("samples")
     @classmethod
@@ -302,13 +351,34 @@ class Study(_Frozen):
         return v
 
     @model_validator(mode="after")
-    def _known_signal(self) -> Study:
+    def _cross_references(self) -> Study:
         c = self.data.contamination
         if c is not None and c.signal not in self.samples:
             raise ValueError(
                 f"data.contamination.signal: no sample named {c.signal!r}; samples: {', '.join(self.samples)}"
             )
+        for name, run in self.train.runs.items():
+            for s in run.samples:
+                if s not in self.samples:
+                    raise ValueError(
+                        f"train.runs.{name}.samples: no sample named {s!r}; samples: {', '.join(self.samples)}"
+                    )
+            if run.representation is not None and run.representation not in self.preprocess.representations:
+                raise ValueError(
+                    f"train.runs.{name}.representation: {run.representation!r} is not in "
+                    f"preprocess.representations ({', '.join(self.preprocess.representations)})"
+                )
+            if run.contaminated and c is None:
+                raise ValueError(f"train.runs.{name}.contaminated: needs data.contamination (signal, fraction)")
         return self
+
+    def run(self, name: str) -> RunConfig:
+        try:
+            return self.train.runs[name]
+        except KeyError:
+            raise ConfigError(
+                f"train.runs: no run named {name!r}; runs: {', '.join(self.train.runs) or 'none'}"
+            ) from None
 
     def representation(self, name: str) -> RepresentationConfig:
         try:

@@ -3,6 +3,8 @@
     jetscan run STUDY.yaml         the whole study on local defaults (today: generation)
     jetscan generate STUDY.yaml    [--address HOST:PORT] [--workers N] [--sample NAME ...]
     jetscan preprocess STUDY.yaml  [--address HOST:PORT] [--workers N] [--representation NAME ...]
+    jetscan train STUDY.yaml --model RUN [--restart]
+    jetscan evaluate STUDY.yaml    [--model RUN ...] [--report DIR]
     jetscan info STORE             samples, jet counts, stored inputs and the shard catalog
 """
 
@@ -115,6 +117,70 @@ def preprocess_cmd(
     _preprocess(study, workers, address, representation, not no_ray)
 
 
+def _train(study, runs, restart: bool) -> None:
+    from jetscan.jobs.train import train
+
+    for run in runs:
+        study.run(run)  # check every name before training any
+    for run in runs:
+        cfg = study.run(run)
+        with Progress(
+            TextColumn(f"[bold]train {run}[/] ({cfg.model})"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+            TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=console,
+        ) as progress:
+            bar = progress.add_task(run, total=cfg.epochs, loss="")
+
+            def on_epoch(e: dict) -> None:
+                progress.update(bar, completed=e["epoch"] + 1, loss=f"val loss {e['val_loss']:.4g}")
+
+            summary = train(study, run, restart=restart, on_epoch=on_epoch)
+        console.print(
+            f"{run}: {summary['epochs_run']} epoch(s), best epoch {summary['best_epoch']}, "
+            f"val loss {summary['best_val_loss']:.4g}, {summary['train_jets']} training jets, {summary['seconds']:.0f} s"
+        )
+
+
+@app.command("train")
+def train_cmd(
+    study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
+    model: list[str] = typer.Option(..., "--model", help="run name(s) from train.runs"),
+    restart: bool = typer.Option(False, "--restart", help="ignore an existing checkpoint and train from scratch"),
+) -> None:
+    """Train runs of the study (resuming from their last checkpoint)."""
+    study = _study(study_path)
+    _train(study, model, restart)
+
+
+def _report_dir(study) -> Path:
+    store = study.store
+    if "://" in store:
+        return Path.cwd() / f"{study.name}-report"
+    return Path(store).parent / f"{Path(store).stem}-report"
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
+    model: Optional[list[str]] = typer.Option(None, "--model", help="runs to evaluate (default: all)"),
+    report: Optional[Path] = typer.Option(None, "--report", help="report folder (default: beside the store)"),
+) -> None:
+    """Score the test split, write metrics (zarr + parquet), plots and the HTML report."""
+    study = _study(study_path)
+    _evaluate(study, model, report)
+
+
+def _evaluate(study, runs, report) -> None:
+    from jetscan.jobs.evaluate import evaluate
+    from jetscan.jobs.report import metrics_table
+    from jetscan.storage.results import read_results
+
+    out = report or _report_dir(study)
+    with console.status("evaluating"):
+        evaluate(study, runs, report_dir=out)
+    Console().print(metrics_table(read_results(study.store)))
+    console.print(f"report: {Path(out) / 'index.html'}")
+
+
 @app.command("info")
 def info_cmd(store: str = typer.Argument(..., metavar="STORE", help="store path or URL")) -> None:
     """Samples, jet counts and the shard catalog of a store."""
@@ -127,12 +193,15 @@ def run_cmd(
     workers: Optional[int] = typer.Option(None, "--workers"),
     address: Optional[str] = typer.Option(None, "--address"),
 ) -> None:
-    """Run the whole study on local defaults: generation, preprocessing, then a physics summary."""
+    """Run the whole study on local defaults: generate, preprocess, train, evaluate, report."""
     study = _study(study_path)
     _generate(study, workers, address, None, True)
     _preprocess(study, workers, address, None, True)
     _print_info(study.store)
     _print_physics(study)
+    if study.train.runs:
+        _train(study, list(study.train.runs), restart=False)
+        _evaluate(study, None, None)
 
 
 def _print_info(store: str) -> None:

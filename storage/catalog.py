@@ -17,16 +17,13 @@ Derived arrays (``jetscan preprocess``) keep their own catalog per representatio
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from datetime import datetime, timezone
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jetscan.core.errors import StorageError
+from jetscan.storage import blobs
 
 __all__ = ["CATALOG_DIR", "CATALOG_SCHEMA", "INPUTS_SCHEMA", "commit_shard", "read_catalog", "committed_shards", "now_utc"]
 
@@ -79,15 +76,6 @@ def _dir(table: str) -> str:
     return "" if table == "jets" else f"/{table}"
 
 
-def _fs(store: str):
-    fs, path = fsspec.core.url_to_fs(store)
-    return fs, path.rstrip("/")
-
-
-def _shard_path(base: str, sample: str, shard: int, table: str = "jets") -> str:
-    return f"{base}/{CATALOG_DIR}/{sample}{_dir(table)}/shard-{shard:06d}.parquet"
-
-
 def commit_shard(store: str, row: dict, *, table: str = "jets") -> None:
     """Atomically record one committed shard (call only after its rows are written)."""
     schema = _schema(table)
@@ -97,24 +85,14 @@ def commit_shard(store: str, row: dict, *, table: str = "jets") -> None:
     arrow = pa.Table.from_pylist([{k: row[k] for k in schema.names}], schema=schema)
     buf = io.BytesIO()
     pq.write_table(arrow, buf)
-    fs, base = _fs(store)
-    final = _shard_path(base, row["sample"], int(row["shard"]), table)
-    fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)  # atomic on POSIX
-    else:
-        fs.pipe_file(final, buf.getvalue())  # one PUT: atomic on object stores
+    rel = f"{CATALOG_DIR}/{row['sample']}{_dir(table)}/shard-{int(row['shard']):06d}.parquet"
+    blobs.write_atomic(store, rel, buf.getvalue())
 
 
 def read_catalog(store: str, sample: str | None = None, *, table: str = "jets") -> pa.Table:
     """All committed shards (of one sample, or all), sorted by sample and shard."""
     schema = _schema(table)
-    fs, base = _fs(store)
+    fs, base = blobs.store_fs(store)
     pattern = f"{base}/{CATALOG_DIR}/{sample or '*'}{_dir(table)}/shard-*.parquet"
     files = sorted(fs.glob(pattern))
     if not files:

@@ -27,7 +27,7 @@ def make_study(store, *, samples=None, shard_jets=50, seed=7, **overrides):
         "sqrt_s_gev": 13000.0,
         "jet": {"r": 0.8, "pt_window_gev": [800.0, 900.0], "abs_eta_max": 1.0, "max_constituents": 120},
         "generation": {"shard_jets": shard_jets, "batch_events": 100},
-        "preprocess": {"representations": ["heimel40", "ms37x4", "lola40", "highlevel"]},
+        "preprocess": {"representations": ["heimel40", "heimel40_max", "ms37x4", "lola40", "highlevel"]},
         "data": {"batch_size": 32, "shuffle_buffer_jets": 100, "splits": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "samples": samples or {"qcd": {"process": "qcd_dijet", "n_jets": 100}},
     }

@@ -28,7 +28,7 @@ def inputs(study, sample, name):
 def test_one_row_per_shard_and_representation(preprocessed):
     study, rows = preprocessed
     n_shards = {"qcd": 3, "top": 2, "gluino": 1}
-    assert len(rows) == 4 * sum(n_shards.values())
+    assert len(rows) == 5 * sum(n_shards.values())
     for sample, n in n_shards.items():
         for name in study.preprocess.representations:
             assert catalog.committed_shards(study.store, sample, table=f"inputs/{name}") == set(range(n))

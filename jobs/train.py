@@ -1,0 +1,373 @@
+"""Stage 3, train: one loop for every model, written for data-parallel execution.
+
+The whole story of the stage (``jetscan train STUDY.yaml --model RUN``):
+
+1. :func:`prepare` checks the run before any work: the model and hyperparameters (through
+   the registry, so a bad value names its key), the representation (stored, or computed on
+   the fly), the training samples and, for an existing checkpoint, that it was made by the
+   same run configuration.
+2. Every rank reads its own disjoint part of the training split through
+   :class:`jetscan.storage.loader.JetStream` (rank and size from the launcher's
+   environment, :mod:`jetscan.cluster.distributed`); one process on a laptop is size 1.
+3. Per epoch: one pass over the data, the validation loss (averaged across ranks), early
+   stopping after ``patience`` epochs without improvement, and a checkpoint written by rank
+   0 alone into the store (``<store>/_runs/<run>/checkpoint.pt``, atomically): model,
+   optimizer, scheduler, RNG states, history and the best weights so far. A killed run
+   restarts from its last checkpoint and, since the data order depends on (seed, epoch)
+   only, reaches the same final weights as an uninterrupted run.
+4. Autoencoders minimise their per-jet reconstruction loss (the anomaly score); taggers
+   their classification loss; PCA is fitted once; the adversarial AE alternates an AE step
+   on L_auto - lambda L_adv and an adversary step per batch (Heimel et al. sec. 2.3).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from jetscan.cluster.distributed import Comm, make_comm
+from jetscan.core.errors import ConfigError, StorageError
+from jetscan.core.models import build_model, make_optimizer
+from jetscan.core.models.adversarial import MassAdversary, adversarial_step, mass_bin_edges, mass_bin_labels
+from jetscan.core.study import RunConfig, Study, settings_hash
+from jetscan.storage import blobs
+from jetscan.storage.loader import JetStream, split_assignment
+from jetscan.storage.reader import read_jets
+
+__all__ = ["Prepared", "prepare", "train", "load_trained", "checkpoint_path", "run_settings", "pick_device"]
+
+
+def checkpoint_path(run: str) -> str:
+    return f"_runs/{run}/checkpoint.pt"
+
+
+def run_settings(study: Study, run: str) -> dict:
+    """Everything that determines a run's weights (its checkpoint is refused if this changes)."""
+    cfg = study.run(run)
+    return {
+        "run": run,
+        "seed": study.seed,
+        "config": cfg.model_dump(mode="json"),
+        "data": study.data.model_dump(mode="json"),
+        "jets": {s: settings_hash(study.generation_settings(s)) for s in _all_samples(study, cfg)},
+    }
+
+
+def _all_samples(study: Study, cfg: RunConfig) -> list[str]:
+    names = list(cfg.samples)
+    c = study.data.contamination
+    if cfg.contaminated and c is not None and c.signal not in names:
+        names.append(c.signal)
+    return names
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' asked for but no CUDA device is visible; use 'auto' or 'cpu'")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: model, its info, data streams and settings."""
+
+    run: str
+    cfg: RunConfig
+    module: torch.nn.Module
+    info: object
+    representation: str
+    on_the_fly: bool
+    train_stream: JetStream
+    val_stream: JetStream
+    batch_size: int
+    settings: dict
+    settings_hash: str
+
+
+def _seed(study: Study, run: str) -> int:
+    return (study.seed ^ zlib.crc32(run.encode())) % 2**31
+
+
+def prepare(study: Study, run: str, comm: Comm | None = None, *, on_the_fly: bool | None = None) -> Prepared:
+    """Check everything a run needs and build its model and data streams (no training)."""
+    comm = comm or make_comm()
+    cfg = study.run(run)
+    torch.manual_seed(_seed(study, run))
+    module, info = build_model(cfg.model, **cfg.hyper)  # ConfigError naming a bad hyperparameter
+    representation = cfg.representation or info.representation
+    if representation not in study.preprocess.representations:
+        raise ConfigError(
+            f"train.runs.{run}: model {cfg.model!r} reads {representation!r}, which is not in "
+            f"preprocess.representations ({', '.join(study.preprocess.representations)}); add it there"
+        )
+    if info.kind != "tagger":
+        signals = [s for s in cfg.samples if study.sample(s).is_signal]
+        if signals:
+            raise ConfigError(
+                f"train.runs.{run}.samples: an autoencoder trains on background only, but {signals} are signal "
+                "samples; use contaminated: true with data.contamination to mix signal in"
+            )
+    else:
+        labels = {study.sample(s).is_signal for s in cfg.samples}
+        if labels != {True, False}:
+            raise ConfigError(f"train.runs.{run}.samples: a tagger needs background and signal samples (got {list(cfg.samples)})")
+    batch_size = cfg.batch_size or info.batch_size or study.data.batch_size
+    if on_the_fly is None:
+        try:
+            JetStream(study, list(cfg.samples), representation, split="train")
+            on_the_fly = False
+        except StorageError:
+            on_the_fly = True  # not preprocessed: compute the inputs while reading
+    common = dict(rank=comm.rank, world_size=comm.size, on_the_fly=on_the_fly, batch_size=batch_size)
+    train_stream = JetStream(study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, **common)
+    val_stream = JetStream(study, list(cfg.samples), representation, split="val", contaminated=cfg.contaminated, shuffle=False, **common)
+    settings = run_settings(study, run)
+    return Prepared(run, cfg, module, info, representation, on_the_fly, train_stream, val_stream, batch_size, settings, settings_hash(settings))
+
+
+def _x(batch: dict, info, device) -> torch.Tensor:
+    x = batch["x"].to(device, non_blocking=True)
+    return x.reshape(len(x), *info.input_shape)
+
+
+def _batch_loss(module, info, batch, device) -> torch.Tensor:
+    """Per-jet training loss of one batch."""
+    x = _x(batch, info, device)
+    if info.kind == "tagger":
+        return module.loss(module(x), batch["label"].to(device))
+    return module.loss(x, module(x))
+
+
+def _mean_loss(module, info, stream: JetStream, device, comm: Comm, epoch: int) -> float:
+    module.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in stream.iter_numpy(epoch=epoch):
+            b = {k: torch.from_numpy(v) for k, v in batch.items()}
+            loss = _batch_loss(module, info, b, device)
+            total += float(loss.sum())
+            n += len(loss)
+    total = comm.allreduce_mean(total) * comm.size
+    n = comm.allreduce_mean(float(n)) * comm.size
+    return total / max(n, 1.0)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+
+
+def _save(study: Study, p: Prepared, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    blobs.write_atomic(study.store, checkpoint_path(p.run), buf.getvalue())
+
+
+def _load_checkpoint(study: Study, run: str) -> dict | None:
+    if not blobs.exists(study.store, checkpoint_path(run)):
+        return None
+    return torch.load(io.BytesIO(blobs.read_blob(study.store, checkpoint_path(run))), map_location="cpu", weights_only=False)
+
+
+def _mass_edges(study: Study, cfg: RunConfig) -> np.ndarray:
+    """Equal-population QCD mass bins from the background jets of the training split."""
+    fractions = (study.data.splits.train, study.data.splits.val, study.data.splits.test)
+    masses = []
+    for s in cfg.samples:
+        m = read_jets(study.store, s, ["jets/mass"])["jets/mass"]
+        masses.append(m[split_assignment(len(m), fractions, study.seed, s) == 0])
+    return mass_bin_edges(np.concatenate(masses), n_bins=cfg.adversary.mass_bins)
+
+
+def _optimizer_info(info, cfg: RunConfig):
+    """The model's ModelInfo with the run's optimizer / learning-rate overrides applied."""
+    import dataclasses
+
+    if cfg.optimizer == "paper" and cfg.lr is None:
+        return info
+    name = info.optimizer if cfg.optimizer == "paper" else cfg.optimizer
+    settings = dict(info.optimizer_settings) if cfg.optimizer == "paper" else {}
+    settings["lr"] = cfg.lr if cfg.lr is not None else settings.get("lr", 1e-3 if name == "adam" else 0.01)
+    return dataclasses.replace(info, optimizer=name, optimizer_settings=settings)
+
+
+def train(
+    study: Study,
+    run: str,
+    *,
+    comm: Comm | None = None,
+    restart: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+    stop_after_epochs: int | None = None,
+) -> dict:
+    """Train (or resume) one run; returns its summary. ``stop_after_epochs`` ends the process's
+    work early (a test hook standing in for a killed job); the checkpoint stays resumable."""
+    comm = comm or make_comm()
+    if study.train.threads:
+        torch.set_num_threads(study.train.threads)
+    p = prepare(study, run, comm)
+    device = pick_device(study.train.device)
+    module, info, cfg = p.module.to(device), p.info, p.cfg
+
+    ckpt = None if restart else _load_checkpoint(study, run)
+    if ckpt is not None and ckpt["settings_hash"] != p.settings_hash:
+        raise StorageError(
+            f"run {run!r} has a checkpoint in {study.store!r} made with other settings; "
+            "pass --restart to train it from scratch (the old checkpoint is replaced), or rename the run"
+        )
+    if ckpt is not None and ckpt.get("finished"):
+        return ckpt["summary"]
+
+    t0 = time.perf_counter()
+    if info.kind == "pca":
+        xs, n = [], 0
+        for batch in p.train_stream.iter_numpy(epoch=0):
+            xs.append(batch["x"])
+            n += len(batch["x"])
+            if n >= cfg.max_fit_jets:
+                break
+        x = torch.from_numpy(np.concatenate(xs)[: cfg.max_fit_jets]).reshape(-1, *info.input_shape)
+        module.fit(x.to(device))
+        val = _mean_loss(module, info, p.val_stream, device, comm, 0)
+        history = {"epoch": [0], "train_loss": [float(module.loss(x, module(x)).mean())], "val_loss": [val]}
+        summary = _finish(study, p, module, history, best_epoch=0, seconds=time.perf_counter() - t0, comm=comm)
+        return summary
+
+    optimizer, scheduler = make_optimizer(module, _optimizer_info(info, cfg))
+    optimizer = comm.wrap_optimizer(optimizer, module)
+    adversary = opt_adv = edges = None
+    if cfg.adversary is not None:
+        if info.kind != "autoencoder":
+            raise ConfigError(f"train.runs.{run}.adversary: only autoencoders can be mass-decorrelated")
+        n_out = int(np.prod(info.input_shape))
+        adversary = MassAdversary(
+            n_inputs=n_out, n_bins=cfg.adversary.mass_bins, adv_lambda=cfg.adversary.adv_lambda, lr=cfg.adversary.lr
+        ).to(device)
+        opt_adv = comm.wrap_optimizer(torch.optim.Adam(adversary.parameters(), lr=cfg.adversary.lr), adversary)
+        edges = _mass_edges(study, cfg)
+
+    start_epoch, history, best = 0, {"epoch": [], "train_loss": [], "val_loss": []}, None
+    if ckpt is not None:
+        module.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if adversary is not None:
+            adversary.load_state_dict(ckpt["adversary"])
+            opt_adv.load_state_dict(ckpt["opt_adv"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+    else:
+        comm.broadcast_state(module, optimizer)
+        if adversary is not None:
+            comm.broadcast_state(adversary, opt_adv)
+
+    # bfloat16 autocast suits images; four-vector arithmetic (LoLa's masses) stays in float32
+    use_amp = device.type == "cuda" and study.train.amp and not p.representation.startswith("lola")
+    stale = 0 if best is None else (history["epoch"][-1] - best["epoch"] if history["epoch"] else 0)
+    done_now = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        module.train()
+        total, n = 0.0, 0
+        for batch in p.train_stream.iter_numpy(epoch=epoch):
+            b = {k: torch.from_numpy(v) for k, v in batch.items()}
+            if adversary is not None:
+                labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
+                losses = adversarial_step(module, adversary, optimizer, opt_adv, _x(b, info, device), labels)
+                total += losses.auto * len(batch["x"])
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = _batch_loss(module, info, b, device).mean()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch["x"])
+            n += len(batch["x"])
+        train_loss = (comm.allreduce_mean(total) * comm.size) / max(comm.allreduce_mean(float(n)) * comm.size, 1.0)
+        val_loss = _mean_loss(module, info, p.val_stream, device, comm, epoch)
+        if scheduler is not None:
+            scheduler.step(val_loss)
+        history["epoch"].append(epoch)
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val_loss)
+        if best is None or val_loss < best["val_loss"]:
+            best = {"epoch": epoch, "val_loss": val_loss, "state": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}}
+            stale = 0
+        else:
+            stale += 1
+        if comm.is_root:
+            state = {
+                "settings_hash": p.settings_hash,
+                "settings": p.settings,
+                "epoch": epoch,
+                "model": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": _rng_state(),
+                "history": history,
+                "best": best,
+            }
+            if adversary is not None:
+                state.update(adversary=adversary.state_dict(), opt_adv=opt_adv.state_dict())
+            _save(study, p, state)
+        if on_epoch is not None:
+            on_epoch({"run": run, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        done_now += 1
+        if stale >= cfg.patience:
+            break
+        if stop_after_epochs is not None and done_now >= stop_after_epochs:
+            return {"run": run, "stopped_after_epoch": epoch}
+    module.load_state_dict(best["state"])
+    return _finish(study, p, module, history, best_epoch=best["epoch"], seconds=time.perf_counter() - t0, comm=comm)
+
+
+def _finish(study: Study, p: Prepared, module, history: dict, *, best_epoch: int, seconds: float, comm: Comm) -> dict:
+    summary = {
+        "run": p.run,
+        "model": p.cfg.model,
+        "representation": p.representation,
+        "epochs_run": len(history["epoch"]),
+        "best_epoch": best_epoch,
+        "best_val_loss": float(min(history["val_loss"])),
+        "train_jets": p.train_stream.n_jets_total,
+        "seconds": seconds,
+        "world_size": comm.size,
+    }
+    if comm.is_root:
+        state = {
+            "settings_hash": p.settings_hash,
+            "settings": p.settings,
+            "finished": True,
+            "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+            "history": history,
+            "summary": summary,
+        }
+        _save(study, p, state)
+    comm.barrier()
+    return summary
+
+
+def load_trained(study: Study, run: str, device: torch.device | None = None):
+    """(module in eval mode, ModelInfo, checkpoint) of a finished run."""
+    cfg = study.run(run)
+    ckpt = _load_checkpoint(study, run)
+    if ckpt is None or not ckpt.get("finished"):
+        raise StorageError(f"run {run!r} is not trained yet in {study.store!r}: run 'jetscan train --model {run}' first")
+    if ckpt["settings_hash"] != settings_hash(run_settings(study, run)):
+        raise StorageError(f"run {run!r} in {study.store!r} was trained with other settings; retrain it (--restart)")
+    module, info = build_model(cfg.model, **cfg.hyper)
+    module.load_state_dict(ckpt["model"])
+    module.to(device or torch.device("cpu")).eval()
+    return module, info, ckpt

@@ -1,0 +1,170 @@
+"""The training loop on real generated jets: learning, resume, early stopping, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jetscan.core.errors import ConfigError, StorageError
+from jetscan.core.metrics import auc
+from jetscan.core.study import Study
+from jetscan.jobs.evaluate import score_sample
+from jetscan.jobs.train import _mass_edges, checkpoint_path, load_trained, prepare, train
+from jetscan.storage import blobs
+
+pytestmark = [pytest.mark.slow, pytest.mark.pythia]
+
+RUNS = {
+    "tagger": {
+        "model": "deeptop_minimal", "samples": ["qcd", "top"], "representation": "heimel40_max",
+        "epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 1e-3,
+    },
+    "dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 4},
+    "pca": {"model": "pca", "samples": ["qcd"], "hyper": {"bottleneck": 6}},
+    "adv": {"model": "image_ae", "samples": ["qcd"], "epochs": 2, "adversary": {"adv_lambda": 5e-4, "mass_bins": 10}},
+}
+
+
+def with_runs(study: Study, runs: dict, store: str | None = None) -> Study:
+    data = study.model_dump(mode="json")
+    data["train"] = {"runs": runs, "threads": 2}
+    if store:
+        data["store"] = store
+    return Study.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def study(pythia_store, ray_local):
+    from jetscan.jobs.preprocess import preprocess
+
+    preprocess(pythia_store, workers=2)
+    return with_runs(pythia_store, RUNS)
+
+
+def test_the_cnn_tagger_separates_top_from_qcd(study):
+    summary = train(study, "tagger", restart=True)
+    assert summary["train_jets"] == 150 + 100
+    module, info, ckpt = load_trained(study, "tagger")
+    top, _ = score_sample(study, module, info, "heimel40_max", "top")
+    qcd, _ = score_sample(study, module, info, "heimel40_max", "qcd")
+    s = np.r_[top["score"], qcd["score"]]
+    y = np.r_[np.ones(len(top["score"])), np.zeros(len(qcd["score"]))]
+    assert auc(s, y) > 0.75
+    assert ckpt["history"]["train_loss"][-1] < ckpt["history"]["train_loss"][0]
+
+
+def test_autoencoder_loss_falls_and_scores_are_per_jet_losses(study):
+    summary = train(study, "dense", restart=True)
+    _, _, ckpt = load_trained(study, "dense")
+    losses = ckpt["history"]["train_loss"]
+    assert losses[-1] < losses[0]
+    assert summary["best_val_loss"] == pytest.approx(min(ckpt["history"]["val_loss"]))
+
+
+def test_pca_is_fitted_and_reconstructs_by_projection(study):
+    train(study, "pca", restart=True)
+    module, info, _ = load_trained(study, "pca")
+    arrays, _ = score_sample(study, module, info, "heimel40", "qcd")
+    assert (arrays["score"] >= 0).all() and len(arrays["score"]) == 75
+    x = torch.rand(5, 40, 40)
+    recon = module(x)
+    flat = x.reshape(5, -1) - module.mean
+    proj = flat @ module.components.T @ module.components + module.mean
+    torch.testing.assert_close(recon.reshape(5, -1), proj, rtol=1e-4, atol=1e-5)
+
+
+def test_adversary_mass_bins_hold_equal_qcd_populations(study):
+    from jetscan.core.models.adversarial import mass_bin_labels
+    from jetscan.storage.loader import split_assignment
+    from jetscan.storage.reader import read_jets
+
+    cfg = study.run("adv")
+    edges = _mass_edges(study, cfg)
+    m = read_jets(study.store, "qcd", ["jets/mass"])["jets/mass"]
+    train_m = m[split_assignment(len(m), (0.5, 0.25, 0.25), study.seed, "qcd") == 0]
+    counts = np.bincount(mass_bin_labels(train_m, edges), minlength=12)[1:11]
+    assert counts.max() - counts.min() <= 1
+    summary = train(study, "adv", restart=True)
+    assert summary["epochs_run"] == 2
+
+
+def test_resume_reaches_the_same_weights(study, tmp_path):
+    runs = {"dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 3}}
+    a = with_runs(study, runs, str(tmp_path / "a.zarr"))
+    b = with_runs(study, runs, str(tmp_path / "b.zarr"))
+    shutil.copytree(study.store, a.store, ignore=shutil.ignore_patterns("_runs"))
+    shutil.copytree(study.store, b.store, ignore=shutil.ignore_patterns("_runs"))
+    train(a, "dense")
+    assert train(b, "dense", stop_after_epochs=1) == {"run": "dense", "stopped_after_epoch": 0}
+    train(b, "dense")  # resumes from the epoch-0 checkpoint
+    wa, wb = load_trained(a, "dense")[2], load_trained(b, "dense")[2]
+    for k in wa["model"]:
+        torch.testing.assert_close(wa["model"][k], wb["model"][k], rtol=0, atol=0)
+    assert wa["history"] == wb["history"]
+    # a finished run is not trained again
+    assert train(b, "dense") == wb["summary"]
+
+
+def test_a_killed_training_process_resumes(study, tmp_path):
+    runs = {"dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 6}}
+    ref = with_runs(study, runs, str(tmp_path / "ref.zarr"))
+    killed = with_runs(study, runs, str(tmp_path / "killed.zarr"))
+    for s in (ref, killed):
+        shutil.copytree(study.store, s.store, ignore=shutil.ignore_patterns("_runs"))
+    train(ref, "dense")
+    yaml_path = tmp_path / "killed.yaml"
+    yaml_path.write_text(killed.to_yaml())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jetscan.jobs.cli", "train", str(yaml_path), "--model", "dense"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not blobs.exists(killed.store, checkpoint_path("dense")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(Path(killed.store) / checkpoint_path("dense"), weights_only=False)
+    assert not ckpt.get("finished"), "the run finished before it could be killed"
+    train(killed, "dense")
+    want, got = load_trained(ref, "dense")[2]["model"], load_trained(killed, "dense")[2]["model"]
+    for k in want:
+        torch.testing.assert_close(want[k], got[k], rtol=0, atol=0)
+
+
+def test_early_stopping_and_changed_settings(study, tmp_path):
+    runs = {"dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 30, "patience": 1, "hyper": {"lr": 10.0}}}
+    s = with_runs(study, runs, str(tmp_path / "es.zarr"))
+    shutil.copytree(study.store, s.store, ignore=shutil.ignore_patterns("_runs"))
+    summary = train(s, "dense")
+    assert summary["epochs_run"] < 30  # a huge learning rate stops improving quickly
+    changed = with_runs(study, {"dense": {**runs["dense"], "epochs": 31}}, s.store)
+    with pytest.raises(StorageError, match="trained with other settings; retrain it"):
+        load_trained(changed, "dense")
+
+
+def test_bad_models_and_parameters_are_rejected(study):
+    with pytest.raises(ConfigError, match="unknown model 'cnnae'; models: cnn_ae"):
+        with_runs(study, {"x": {"model": "cnnae", "samples": ["qcd"]}})
+    with pytest.raises(ConfigError, match="cnn_ae.bottleneck: must be a positive integer \\(got -3\\)"):
+        prepare(with_runs(study, {"x": {"model": "cnn_ae", "samples": ["qcd"], "hyper": {"bottleneck": -3}}}), "x")
+    with pytest.raises(ConfigError, match="an autoencoder trains on background only"):
+        prepare(with_runs(study, {"x": {"model": "dense_ae", "samples": ["qcd", "top"]}}), "x")
+    with pytest.raises(ConfigError, match="a tagger needs background and signal samples"):
+        prepare(with_runs(study, {"x": {"model": "deeptop_minimal", "samples": ["qcd"]}}), "x")
+    with pytest.raises(ConfigError, match="train.runs.x.samples: no sample named 'wjets'"):
+        with_runs(study, {"x": {"model": "dense_ae", "samples": ["wjets"]}})
+    with pytest.raises(ConfigError, match="needs data.contamination"):
+        with_runs(study, {"x": {"model": "dense_ae", "samples": ["qcd"], "contaminated": True}})
+    with pytest.raises(ConfigError, match="no run named 'nope'"):
+        train(study, "nope")
+    with pytest.raises(StorageError, match="is not trained yet"):
+        load_trained(with_runs(study, {"fresh": {"model": "dense_ae", "samples": ["qcd"]}}), "fresh")
