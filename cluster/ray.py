@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
 from jetscan.core.errors import RunnerError
@@ -53,6 +54,21 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     return True
+
+
+@contextmanager
+def _session(address: str | None, workers: int):
+    """Ray up for the duration (joined, or started and then shut down)."""
+    import ray
+
+    if workers < 1:
+        raise RunnerError(f"workers must be at least 1 (got {workers})")
+    started = ensure_ray(address, None if address else max(workers, os.cpu_count() or 1))
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _drive(submit: Callable[[Any, Any], Any], slots: list, tasks: Sequence[Any], on_result, replace_slot) -> list[Any]:
@@ -102,12 +118,7 @@ def run_actors(
     on_result: Callable[[Any], None] | None = None,
 ) -> list[Any]:
     """Run ``worker_cls(*init_args).<method>(task)`` for every task on ``workers`` Ray actors."""
-    import ray
-
-    if workers < 1:
-        raise RunnerError(f"workers must be at least 1 (got {workers})")
-    started = ensure_ray(address, None if address else max(workers, os.cpu_count() or 1))
-    try:
+    with _session(address, workers) as ray:
         remote_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(worker_cls)
         actors = [remote_cls.remote(*init_args) for _ in range(min(workers, len(tasks)))]
 
@@ -123,9 +134,6 @@ def run_actors(
         finally:
             for actor in actors:
                 ray.kill(actor)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_tasks(
@@ -137,18 +145,10 @@ def run_tasks(
     on_result: Callable[[Any], None] | None = None,
 ) -> list[Any]:
     """Run ``fn(task)`` as one stateless Ray task per item, ``workers`` at a time (retried once)."""
-    import ray
-
-    if workers < 1:
-        raise RunnerError(f"workers must be at least 1 (got {workers})")
-    started = ensure_ray(address, None if address else max(workers, os.cpu_count() or 1))
-    try:
+    with _session(address, workers) as ray:
         remote_fn = ray.remote(num_cpus=1, max_retries=1)(fn)
         slots = list(range(min(workers, len(tasks))))
         return _drive(lambda _s, t: remote_fn.remote(t), slots, tasks, on_result, lambda s: s)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -177,7 +177,7 @@ def _evaluate(study, runs, report) -> None:
     out = report or _report_dir(study)
     with console.status("evaluating"):
         evaluate(study, runs, report_dir=out)
-    Console().print(metrics_table(read_results(study.store)))
+    Console(width=None if sys.stdout.isatty() else 200).print(metrics_table(read_results(study.store)))
     console.print(f"report: {Path(out) / 'index.html'}")
 
 

@@ -59,22 +59,19 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import uuid
 import warnings
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from jetscan.core import metrics
 from jetscan.core.errors import StorageError
+from jetscan.storage import blobs
 from jetscan.storage.catalog import now_utc
 
 __all__ = [
@@ -295,13 +292,8 @@ def summarise(evaluation: dict, n_subsamples: int = 10, seed: int = 0) -> list[d
 # file system helpers
 
 
-def _fs(store: str):
-    fs, path = fsspec.core.url_to_fs(str(store))
-    return fs, path.rstrip("/")
-
-
 def _require_store(store: str):
-    fs, base = _fs(store)
+    fs, base = blobs.store_fs(store)
     if not fs.exists(base):
         raise StorageError(f"no jetscan store at {str(store)!r}: run the study's stages first, or check the path")
     return fs, base
@@ -309,19 +301,6 @@ def _require_store(store: str):
 
 def _parquet_path(base: str, run: str) -> str:
     return f"{base}/{RESULTS_DIR}/{run}.parquet"
-
-
-def _atomic_write(fs, final: str, data: bytes) -> None:
-    fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)  # atomic on POSIX
-    else:
-        fs.pipe_file(final, data)  # one PUT: atomic on object stores
 
 
 def _open_root(store: str, mode: str) -> zarr.Group:
@@ -428,7 +407,7 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
     bkg = evaluation["background"]
     signals = list(evaluation["signals"])
 
-    fs, base = _fs(store)
+    fs, base = blobs.store_fs(store)
     # 1. uncommit: readers stop listing the run while its arrays are rewritten
     parquet = _parquet_path(base, run)
     if fs.exists(parquet):
@@ -515,7 +494,7 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
     table = pa.Table.from_pylist([dict(r) for r in rows])
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    _atomic_write(fs, parquet, buf.getvalue())
+    blobs.write_atomic(store, f"{RESULTS_DIR}/{run}.parquet", buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------

@@ -12,8 +12,18 @@ pythia8mc = pytest.importorskip("pythia8mc")
 
 
 def batch(process, n=40, pthat=700.0):
+    import tempfile
+
+    extra = ()
+    if PROCESSES[process].slha:
+        f = tempfile.NamedTemporaryFile("w", suffix=".slha", delete=False)
+        f.write(PROCESSES[process].slha)
+        f.close()
+        extra = (f"SLHA:file = {f.name}",)
     pythia = pythia8mc.Pythia("", False)
-    for line in pythia_settings(process, sqrt_s_gev=13000.0, pthat_min_gev=pthat, pthat_max_gev=None, seed=11):
+    for line in pythia_settings(
+        process, sqrt_s_gev=13000.0, pthat_min_gev=pthat, pthat_max_gev=None, seed=11, extra=extra
+    ):
         assert pythia.readString(line), line
     assert pythia.init()
     return pythia.nextBatch(n)
@@ -56,3 +66,20 @@ def test_seeds_depend_only_on_master_sample_and_shard():
     seeds = {pythia_seed(1, s, i) for s in ("qcd", "top") for i in range(50)}
     assert len(seeds) == 100
     assert all(1 <= s <= 900_000_001 for s in seeds)
+
+
+@pytest.mark.parametrize(
+    "process, pthat, ids, n_products",
+    [
+        ("gluino_rpv", 700.0, {1000021}, {3}),
+        ("scalar_4c", 400.0, {35}, {4}),  # phi -> a a -> c cbar c cbar
+        ("dark_shower", 400.0, {4900001}, {2}),  # Dv -> d qv
+        ("dark_shower_100", 400.0, {4900001}, {2}),
+    ],
+)
+def test_signal_presets_make_their_resonances(process, pthat, ids, n_products):
+    b = batch(process, n=8, pthat=pthat)
+    truth = resonance_truth(b.prt, PROCESSES[process].match_ids)
+    assert set(truth["pid"].tolist()) == ids
+    assert set(np.diff(truth["prod_offsets"]).tolist()) == n_products
+    assert len(np.unique(truth["event"])) == 8  # every event has one

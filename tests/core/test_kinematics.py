@@ -6,38 +6,14 @@ synthetic constituents (no Pythia).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 
-def _load_by_path(name):
-    """Load ``core/<name>.py`` from this checkout when jetscan is not installed."""
-    root = Path(__file__).parents[2]
-    for pkg, path in (("jetscan", root), ("jetscan.core", root / "core")):
-        if pkg not in sys.modules:  # bare packages, so the module's relative imports resolve
-            stub = types.ModuleType(pkg)
-            stub.__path__ = [str(path)]
-            sys.modules[pkg] = stub
-    spec = importlib.util.spec_from_file_location(f"jetscan.core.{name}", root / "core" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-try:
-    from jetscan.core import kinematics as kin
-    from jetscan.core.errors import ConfigError
-except Exception:  # not installed, or a sibling module mid-edit: load this file alone
-    kin = _load_by_path("kinematics")
-    ConfigError = sys.modules["jetscan.core.errors"].ConfigError
+from jetscan.core import kinematics as kin
+from jetscan.core.errors import ConfigError
 
 
 def make_jets(n_jets=64, m_max=80, n_range=(20, 60), seed=1, dtype=np.float64):

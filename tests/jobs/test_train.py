@@ -168,3 +168,14 @@ def test_bad_models_and_parameters_are_rejected(study):
         train(study, "nope")
     with pytest.raises(StorageError, match="is not trained yet"):
         load_trained(with_runs(study, {"fresh": {"model": "dense_ae", "samples": ["qcd"]}}), "fresh")
+
+
+def test_contaminated_training_mixes_the_signal_fraction(study, tmp_path):
+    data = study.model_dump(mode="json")
+    data["data"]["contamination"] = {"signal": "top", "fraction": 0.1}
+    data["train"] = {"runs": {"dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 1, "contaminated": True}}}
+    data["store"] = str(tmp_path / "c.zarr")
+    shutil.copytree(study.store, data["store"], ignore=shutil.ignore_patterns("_runs"))
+    s = Study.from_dict(data)
+    summary = train(s, "dense")
+    assert summary["train_jets"] == 150 + round(0.1 * 150 / 0.9)
