@@ -35,7 +35,7 @@ a. **images**, one thread (OMP_NUM_THREADS=1), jets/s per core:
    quadrant (the rotation, major axis vertical about the pT centroid, is the same).
 
 b. **the loader**: samples/s of ``JetStream(study, ["qcd", "top"], "heimel40")`` (stored
-   images, shuffle on, the study's default 20,000-jet shuffle buffer, batch 128) feeding a
+   images, shuffle on, the study's default 4,096-jet shuffle buffer, batch 128) feeding a
    single ``torch.nn.Linear(1600, 2)`` (forward, cross entropy, backward, SGD step), against
    the same loop over in-memory numpy arrays of the same jets (a shuffled index order per
    epoch, ``torch.from_numpy`` per batch of 128), over ``--epochs`` epochs after one untimed

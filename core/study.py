@@ -274,8 +274,9 @@ class DataConfig(_Frozen):
     splits: SplitConfig = SplitConfig()
     contamination: ContaminationConfig | None = None
     batch_size: int = Field(128, ge=1, le=1_000_000)
-    shuffle_buffer_jets: int = Field(20_000, ge=0, description="jets held for shuffling (0: chunk order only)")
+    shuffle_buffer_jets: int = Field(4096, ge=0, description="jets held for shuffling (0: chunk order only)")
     prefetch_chunks: int = Field(4, ge=0, le=64, description="chunks read ahead by background threads")
+    cache_mb: int = Field(1024, ge=0, description="decoded chunks kept in memory across epochs (per stream)")
 
 
 class AdversaryConfig(_Frozen):

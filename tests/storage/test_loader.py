@@ -129,3 +129,18 @@ def test_not_preprocessed_or_not_generated(tiny_study):
     os.remove(f"{study.store}/_catalog/qcd/shard-000001.parquet")
     with pytest.raises(StorageError, match="shard\\(s\\) \\[1\\] not generated yet"):
         JetStream(study, ["qcd"], "heimel40", on_the_fly=True)
+
+
+def test_cached_epochs_equal_uncached_and_batches_do_not_alias_the_cache(study):
+    cached = JetStream(study, ["top"], "heimel40", split="train", shuffle=False)
+    uncached_study = study.model_copy(update={"data": study.data.model_copy(update={"cache_mb": 0})})
+    uncached = JetStream(uncached_study, ["top"], "heimel40", split="train", shuffle=False)
+    first = [b["x"].copy() for b in cached.iter_numpy(epoch=0)]
+    for b in cached.iter_numpy(epoch=1):
+        b["x"][:] = -1.0  # a user scribbling on a batch
+    again = [b["x"] for b in cached.iter_numpy(epoch=2)]
+    plain = [b["x"] for b in uncached.iter_numpy(epoch=0)]
+    assert cached._cache and not uncached._cache
+    for a, b, c in zip(first, again, plain):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
