@@ -227,6 +227,21 @@ def _print_info(store: str) -> None:
             name, meta["process"], str(n), str(group.attrs["n_jets"]), f"{rows.num_rows}/{n_shards}", str(ev), rate, meta["settings_hash"]
         )
     out.print(table)
+    inputs = Table("sample", "representation", "shards", "bytes/jet")
+    for name in samples:
+        for rep in catalog.read_catalog(store, name, table="inputs/*").column("representation").unique().to_pylist():
+            rows = catalog.read_catalog(store, name, table=f"inputs/{rep}")
+            n = sum(rows.column("n_jets").to_pylist())
+            b = sum(rows.column("nbytes_stored").to_pylist())
+            inputs.add_row(name, rep, str(rows.num_rows), f"{b / n:.0f}" if n and b >= 0 else "-")
+    if inputs.row_count:
+        out.print(inputs)
+    from jetscan.storage import blobs
+
+    runs = [p.split("/")[1] for p in blobs.glob(store, "_runs/*/checkpoint.pt")]
+    results = [p.split("/")[-1].removesuffix(".parquet") for p in blobs.glob(store, "_results/*.parquet")]
+    if runs:
+        out.print(f"trained runs: {', '.join(runs)}; evaluated: {', '.join(results) or 'none'}")
 
 
 def _print_physics(study) -> None:
