@@ -37,6 +37,15 @@ __all__ = ["ImageTagger", "DeepTopMinimal", "MacalusoShih"]
 class ImageTagger(JetModel):
     """Shared tagger behaviour: logits ``(n, 2)``, ``score``, per-jet ``loss``."""
 
+    @property
+    def input_shape(self):
+        c, s = self.hyper["channels"], self.hyper["image_size"]
+        return (s, s) if c == 1 else (c, s, s)
+
+    @property
+    def representation(self):
+        return image_representation(self.hyper["channels"], self.hyper["image_size"])
+
     KIND = "tagger"
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,15 +109,6 @@ class DeepTopMinimal(ImageTagger):
             nn.Linear(d, 2),
         )
 
-    @property
-    def input_shape(self):
-        c, s = self.hyper["channels"], self.hyper["image_size"]
-        return (s, s) if c == 1 else (c, s, s)
-
-    @property
-    def representation(self):
-        return image_representation(self.hyper["channels"], self.hyper["image_size"])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = as_image_batch(self.NAME, x, self.hyper["channels"], self.hyper["image_size"])
         return self.head(self.features(x))
@@ -170,15 +170,6 @@ class MacalusoShih(ImageTagger):
             nn.Linear(256, 256), nn.ReLU(),
             nn.Linear(256, 2),
         )
-
-    @property
-    def input_shape(self):
-        c, s = self.hyper["channels"], self.hyper["image_size"]
-        return (s, s) if c == 1 else (c, s, s)
-
-    @property
-    def representation(self):
-        return image_representation(self.hyper["channels"], self.hyper["image_size"])
 
     @property
     def optimizer_settings(self):
