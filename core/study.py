@@ -277,6 +277,13 @@ class DataConfig(_Frozen):
     shuffle_buffer_jets: int = Field(4096, ge=0, description="jets held for shuffling (0: chunk order only)")
     prefetch_chunks: int = Field(4, ge=0, le=64, description="chunks read ahead by background threads")
     cache_mb: int = Field(1024, ge=0, description="decoded chunks kept in memory across epochs (per stream)")
+    virtual_ranks: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="data-parallel: the epoch is read as this many disjoint streams whose sub-batches make each "
+        "global batch, so any world size dividing it takes the same steps (1: the world size)",
+    )
 
 
 class AdversaryConfig(_Frozen):

@@ -145,10 +145,32 @@ def train_cmd(
     study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
     model: list[str] = typer.Option(..., "--model", help="run name(s) from train.runs"),
     restart: bool = typer.Option(False, "--restart", help="ignore an existing checkpoint and train from scratch"),
+    np_: int = typer.Option(1, "--np", help="data-parallel worker processes on this machine"),
+    backend: str = typer.Option("horovod", "--backend", help="horovod (horovodrun, gloo) or ddp (torchrun)"),
 ) -> None:
-    """Train runs of the study (resuming from their last checkpoint)."""
+    """Train runs of the study (resuming from their last checkpoint); --np N runs N workers."""
     study = _study(study_path)
-    _train(study, model, restart)
+    for run in model:
+        study.run(run)  # every name is checked before any worker starts
+    if np_ == 1 and not _inside_launcher():
+        _train(study, model, restart)
+        return
+    if _inside_launcher():  # a worker started by horovodrun / torchrun: train, quietly but for rank 0
+        from jetscan.jobs.train import train
+
+        for run in model:
+            train(study, run, restart=restart)
+        return
+    from jetscan.cluster.launch import launch_local
+
+    launch_local(str(study_path), list(model), np_, backend, restart=restart)
+    console.print(f"trained {', '.join(model)} on {np_} {backend} workers")
+
+
+def _inside_launcher() -> bool:
+    import os
+
+    return "HOROVOD_RANK" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
 def _report_dir(study) -> Path:

@@ -54,9 +54,16 @@ def run_settings(study: Study, run: str) -> dict:
         "run": run,
         "seed": study.seed,
         "config": cfg.model_dump(mode="json"),
-        "data": study.data.model_dump(mode="json"),
+        "data": _data_settings(study),
         "jets": {s: settings_hash(study.generation_settings(s)) for s in _all_samples(study, cfg)},
     }
+
+
+def _data_settings(study: Study) -> dict:
+    data = study.data.model_dump(mode="json")
+    if data.get("virtual_ranks") == 1:
+        del data["virtual_ranks"]  # the default: checkpoints made before the option stay valid
+    return data
 
 
 def _all_samples(study: Study, cfg: RunConfig) -> list[str]:
@@ -122,12 +129,17 @@ def prepare(study: Study, run: str, comm: Comm | None = None, *, on_the_fly: boo
     batch_size = cfg.batch_size or info.batch_size or study.data.batch_size
     if on_the_fly is None:
         try:
-            JetStream(study, list(cfg.samples), representation, split="train")
+            JetStream(study, list(cfg.samples), representation, split="train", batch_size=batch_size)
             on_the_fly = False
         except StorageError:
             on_the_fly = True  # not preprocessed: compute the inputs while reading
     common = dict(rank=comm.rank, world_size=comm.size, on_the_fly=on_the_fly, batch_size=batch_size)
-    train_stream = JetStream(study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, **common)
+    # lockstep: every rank takes the same steps, and step k's global batch is the same for any
+    # world size dividing data.virtual_ranks (1 worker with virtual_ranks 2 == 2 workers)
+    lockstep = comm.size > 1 or study.data.virtual_ranks > 1
+    train_stream = JetStream(
+        study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, lockstep=lockstep, **common
+    )
     val_stream = JetStream(study, list(cfg.samples), representation, split="val", contaminated=cfg.contaminated, shuffle=False, **common)
     settings = run_settings(study, run)
     return Prepared(run, cfg, module, info, representation, on_the_fly, train_stream, val_stream, batch_size, settings, settings_hash(settings))
@@ -211,10 +223,18 @@ def train(
     restart: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
     stop_after_epochs: int | None = None,
+    backend: str = "auto",
 ) -> dict:
     """Train (or resume) one run; returns its summary. ``stop_after_epochs`` ends the process's
-    work early (a test hook standing in for a killed job); the checkpoint stays resumable."""
-    comm = comm or make_comm()
+    work early (a test hook standing in for a killed job); the checkpoint stays resumable.
+
+    Data parallel: ``comm`` (default ``make_comm(backend)``: ``"auto"``, ``"horovod"``,
+    ``"ddp"``) gives rank and size; each rank reads ``batch_size / size`` jets of every global
+    batch (``data.virtual_ranks``), takes the mean loss over them, and the optimizer averages
+    the gradients, so N workers take the steps of one worker on the global batch with the same
+    learning rate. Scaling the learning rate with the world size (with a warm-up) is a user
+    choice: set ``lr`` in the run for that; it is not done here."""
+    comm = comm or make_comm(backend)
     if study.train.threads:
         torch.set_num_threads(study.train.threads)
     p = prepare(study, run, comm)

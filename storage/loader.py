@@ -15,6 +15,17 @@ in memory:
 - **data parallel**: chunks are shuffled per epoch with (seed, epoch) and dealt to ranks
   round-robin, so (rank, world_size) workers see disjoint jets and, together, every jet
   of the split exactly once per epoch (DataLoader workers subdivide a rank's chunks the same way);
+- **virtual ranks** (``lockstep=True``, as ``jetscan train`` reads; V = ``data.virtual_ranks``,
+  or the world size when that is 1): the epoch is read as
+  V disjoint streams (chunks dealt round-robin over V, each stream with its own shuffle
+  buffer seeded with (seed, epoch, v)); global batch k is the concatenation over v of
+  sub-batch (v, k), each of ``batch_size / V`` jets, and the epoch stops at the number of full
+  sub-batches that every stream has. Rank r of W serves streams r*V/W .. (r+1)*V/W - 1 and
+  yields their concatenation, so the union over ranks of step k is the same global batch for
+  any W dividing V (1 worker with V=2 takes exactly the steps of 2 workers), and every rank
+  takes the same number of steps (computed from the chunk assignment, no communication).
+  Without ``lockstep`` (the default: evaluation, direct use) each rank reads its own chunks
+  in full batches plus a last partial one, as before;
 - **shuffling**: chunk order per epoch, then a bounded buffer of ``shuffle_buffer_jets``
   jets mixed across chunks;
 - **prefetch**: background threads read the next ``prefetch_chunks`` chunks while the
@@ -95,6 +106,7 @@ class JetStream(torch.utils.data.IterableDataset):
         batch_size: int | None = None,
         drop_last: bool = False,
         shuffle: bool = True,
+        lockstep: bool = False,
     ):
         if split not in SPLITS:
             raise ConfigError(f"split: must be one of {', '.join(SPLITS)} (got {split!r})")
@@ -112,6 +124,21 @@ class JetStream(torch.utils.data.IterableDataset):
         self.drop_last = drop_last
         self.shuffle = shuffle
         self.epoch = 0
+        # virtual ranks (lockstep=True, as the training loop reads): V disjoint streams, V defaults to W
+        v = int(getattr(study.data, "virtual_ranks", 1) or 1)
+        self.lockstep = bool(lockstep)
+        self.virtual_ranks = v if v > 1 else world_size
+        if self.lockstep:
+            if self.virtual_ranks % world_size:
+                raise ConfigError(
+                    f"data.virtual_ranks {self.virtual_ranks} is not a multiple of the world size {world_size}: "
+                    "use a world size that divides it (or set data.virtual_ranks to a multiple of it)"
+                )
+            if self.batch_size % self.virtual_ranks:
+                raise ConfigError(
+                    f"batch_size {self.batch_size} is not divisible by data.virtual_ranks {self.virtual_ranks}: "
+                    "each global batch is made of virtual_ranks equal sub-batches"
+                )
         names = list(samples)
         contamination = study.data.contamination if contaminated else None
         if contaminated and contamination is None:
@@ -197,18 +224,44 @@ class JetStream(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _my_units(self, epoch: int) -> list[_Unit]:
-        order = np.arange(len(self._units))
+    def _order(self, epoch: int) -> np.ndarray:
         if self.shuffle:
-            order = np.random.default_rng([self.study.seed % 2**63, epoch, 0x10AD]).permutation(len(self._units))
-        mine = [self._units[i] for i in order[self.rank :: self.world_size]]
+            return np.random.default_rng([self.study.seed % 2**63, epoch, 0x10AD]).permutation(len(self._units))
+        return np.arange(len(self._units))
+
+    def _my_units(self, epoch: int) -> list[_Unit]:
+        mine = [self._units[i] for i in self._order(epoch)[self.rank :: self.world_size]]
         info = torch.utils.data.get_worker_info()
         if info is not None and info.num_workers > 1:
             mine = mine[info.id :: info.num_workers]
         return mine
 
+    @property
+    def _virtual(self) -> bool:
+        return self.lockstep and self.virtual_ranks > 1
+
+    @property
+    def my_virtual_ranks(self) -> range:
+        """The virtual streams this rank serves (lockstep mode)."""
+        per = self.virtual_ranks // self.world_size
+        return range(self.rank * per, (self.rank + 1) * per)
+
+    def _virtual_units(self, epoch: int, v: int) -> list[_Unit]:
+        return [self._units[i] for i in self._order(epoch)[v :: self.virtual_ranks]]
+
+    def steps_per_epoch(self, epoch: int | None = None) -> int | None:
+        """Lockstep mode: the (global) steps of an epoch, the same on every rank; None otherwise."""
+        if not self._virtual:
+            return None
+        epoch = self.epoch if epoch is None else epoch
+        sub = self.batch_size // self.virtual_ranks
+        return min(sum(len(u.rows) for u in self._virtual_units(epoch, v)) // sub for v in range(self.virtual_ranks))
+
     def jets_this_rank(self, epoch: int | None = None) -> int:
-        return int(sum(len(u.rows) for u in self._my_units(self.epoch if epoch is None else epoch)))
+        epoch = self.epoch if epoch is None else epoch
+        if self._virtual:
+            return self.steps_per_epoch(epoch) * (self.batch_size // self.world_size)
+        return int(sum(len(u.rows) for u in self._my_units(epoch)))
 
     def _read(self, unit: _Unit) -> dict[str, np.ndarray]:
         key = (unit.sample, unit.start)
@@ -241,10 +294,35 @@ class JetStream(torch.utils.data.IterableDataset):
         }
 
     def iter_numpy(self, epoch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """One epoch of batches as numpy arrays."""
+        """One epoch of batches as numpy arrays (in lockstep mode: this rank's part of each global batch)."""
         epoch = self.epoch if epoch is None else epoch
-        units = self._my_units(epoch)
-        rng = np.random.default_rng([self.study.seed % 2**63, epoch, self.rank, 0x5F1])
+        if not self._virtual:
+            rng = np.random.default_rng([self.study.seed % 2**63, epoch, self.rank, 0x5F1])
+            yield from self._iter_stream(self._my_units(epoch), rng, self.batch_size, self.drop_last)
+            return
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise ConfigError("a lockstep (virtual-rank) JetStream cannot be split over DataLoader workers; use num_workers=0")
+        sub = self.batch_size // self.virtual_ranks
+        n_steps = self.steps_per_epoch(epoch)
+        streams = [
+            self._iter_stream(
+                self._virtual_units(epoch, v),
+                np.random.default_rng([self.study.seed % 2**63, epoch, v, 0x5F1]),
+                sub,
+                True,
+            )
+            for v in self.my_virtual_ranks
+        ]
+        try:
+            for _ in range(n_steps):
+                yield _concat([next(g) for g in streams])
+        finally:
+            for g in streams:
+                g.close()
+
+    def _iter_stream(self, units: list[_Unit], rng, batch_size: int, drop_last: bool) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of ``batch_size`` from ``units`` in order, through the shuffle buffer."""
         buffer_target = self.study.data.shuffle_buffer_jets if self.shuffle else 0
         prefetch = max(1, self.study.data.prefetch_chunks)
         pool: list[dict[str, np.ndarray]] = []
@@ -260,24 +338,24 @@ class JetStream(torch.utils.data.IterableDataset):
                     next_unit += 1
                 pool.append(part)
                 pooled += len(part["label"])
-                if pooled >= max(buffer_target, self.batch_size):
+                if pooled >= max(buffer_target, batch_size):
                     merged = _concat(pool)
                     if self.shuffle:
                         merged = _take(merged, rng.permutation(pooled))
                     keep = max(buffer_target // 2, 0)
-                    n_out = ((pooled - keep) // self.batch_size) * self.batch_size
-                    for s in range(0, n_out, self.batch_size):
-                        yield _take(merged, slice(s, s + self.batch_size))
+                    n_out = ((pooled - keep) // batch_size) * batch_size
+                    for s in range(0, n_out, batch_size):
+                        yield _take(merged, slice(s, s + batch_size))
                     pool = [_take(merged, slice(n_out, pooled))]
                     pooled -= n_out
         if pooled:
             merged = _concat(pool)
             if self.shuffle:
                 merged = _take(merged, rng.permutation(pooled))
-            for s in range(0, pooled, self.batch_size):
-                if self.drop_last and s + self.batch_size > pooled:
+            for s in range(0, pooled, batch_size):
+                if drop_last and s + batch_size > pooled:
                     break
-                yield _take(merged, slice(s, s + self.batch_size))
+                yield _take(merged, slice(s, s + batch_size))
 
     def __iter__(self):
         for batch in self.iter_numpy():
@@ -287,7 +365,9 @@ class JetStream(torch.utils.data.IterableDataset):
     def __repr__(self) -> str:
         return (
             f"JetStream({self.samples}, {self.representation!r}, split={self.split!r}, jets={self.n_jets_total}, "
-            f"rank={self.rank}/{self.world_size}, on_the_fly={self.on_the_fly})"
+            f"rank={self.rank}/{self.world_size}, on_the_fly={self.on_the_fly}"
+            + (f", virtual_ranks={self.virtual_ranks}" if self._virtual else "")
+            + ")"
         )
 
 

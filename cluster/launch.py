@@ -1,0 +1,93 @@
+"""Start N local training workers: ``horovodrun`` (backend horovod) or ``torchrun`` (ddp).
+
+:func:`launch_local` runs ``python -m jetscan.jobs.cli train STUDY --model RUN ...`` in N
+processes on this machine; each worker finds its rank in the launcher's environment
+(:func:`jetscan.cluster.distributed.make_comm`), reads its own part of the data and
+rank 0 writes the checkpoints, so a failed job resumes from its last checkpoint when the
+same command is run again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from jetscan.core.errors import RunnerError
+
+__all__ = ["launch_local", "launch_command", "LAUNCH_BACKENDS"]
+
+LAUNCH_BACKENDS = ("horovod", "ddp")
+
+
+def _console_script(name: str) -> str | None:
+    """``name`` next to this interpreter (the venv's), else on PATH."""
+    here = Path(sys.executable).with_name(name)
+    if here.exists():
+        return str(here)
+    return shutil.which(name)
+
+
+def launch_command(study_path: str, runs: Sequence[str], np: int, backend: str, *, restart: bool = False) -> list[str]:
+    """The command line :func:`launch_local` runs (checks ``np`` and ``backend``)."""
+    if not isinstance(np, int) or isinstance(np, bool) or np < 1:
+        raise RunnerError(f"np: the number of worker processes must be an integer >= 1 (got {np!r})")
+    if backend not in LAUNCH_BACKENDS:
+        raise RunnerError(f"backend: must be one of {', '.join(LAUNCH_BACKENDS)} for a local launch (got {backend!r})")
+    if not runs:
+        raise RunnerError("runs: name at least one run to train (--model RUN)")
+    job = ["train", str(study_path)]
+    for run in runs:
+        job += ["--model", run]
+    if restart:
+        job.append("--restart")
+    if backend == "horovod":
+        from jetscan.cluster.horovod import import_horovod
+
+        import_horovod()  # RunnerError with the build hint when it is missing
+        launcher = _console_script("horovodrun")
+        head = [launcher] if launcher else [sys.executable, "-m", "horovod.runner.launch"]
+        return head + ["-np", str(np), "--gloo", "-H", f"localhost:{np}", sys.executable, "-m", "jetscan.jobs.cli"] + job
+    launcher = _console_script("torchrun")
+    head = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
+    return head + ["--standalone", "--nproc_per_node", str(np), "-m", "jetscan.jobs.cli"] + job
+
+
+def launch_local(
+    study_path: str,
+    runs: list[str],
+    np: int,
+    backend: str,
+    *,
+    restart: bool = False,
+    env: dict | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Train ``runs`` of the study at ``study_path`` with ``np`` local workers; returns 0.
+
+    ``backend``: ``"horovod"`` (``horovodrun -np N --gloo -H localhost:N``) or ``"ddp"``
+    (``torchrun --standalone --nproc_per_node N``). A worker exiting non-zero ends the job
+    (the launcher stops the others) with a RunnerError naming the code."""
+    cmd = launch_command(study_path, runs, np, backend, restart=restart)
+    run_env = dict(os.environ if env is None else env)
+    # the launcher sets the ranks: drop any stale ones inherited from an outer launcher
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "HOROVOD_RANK", "HOROVOD_SIZE"):
+        run_env.pop(key, None)
+    try:
+        code = subprocess.run(cmd, env=run_env, timeout=timeout, check=False).returncode
+    except FileNotFoundError as exc:
+        raise RunnerError(f"cannot start {cmd[0]!r}: {exc}") from None
+    except subprocess.TimeoutExpired:
+        raise RunnerError(
+            f"{backend} job of {np} workers ran past {timeout} s and was stopped; "
+            "the run resumes from its last checkpoint: re-run the same command"
+        ) from None
+    if code != 0:
+        raise RunnerError(
+            f"{backend} job of {np} workers: worker exited with code {code}; "
+            "the run resumes from its last checkpoint: re-run the same command"
+        )
+    return code
