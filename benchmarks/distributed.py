@@ -16,15 +16,13 @@ The store must hold samples ``qcd`` and ``top`` (``out/quickstart.zarr`` after `
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from _common import append_result, cpu_device
 from jetscan.cluster.launch import launch_local
 from jetscan.core.study import Study
 from jetscan.jobs.preprocess import preprocess
@@ -78,12 +76,10 @@ def main() -> None:
               f"({jets / ckpt['summary']['seconds']:.1f} samples/s; {seconds:.1f} s with start-up)")
     r = (results[1]["train_seconds"] / results[args.np]["train_seconds"])
     print(f"ratio {args.np} workers / 1 worker ({args.model}, {args.backend}, {cores} cores) = {r:.2f}  (target >= 1.7 for 2)")
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps({
-            "bench": "distributed", "git": rev, "device": f"{platform.machine()} x{cores} (cpu)",
-            "model": args.model, "backend": args.backend, "np": args.np, "results": results, "ratio": r,
-        }) + "\n")
+    append_result({
+        "bench": "distributed", "device": cpu_device(),
+        "model": args.model, "backend": args.backend, "np": args.np, "results": results, "ratio": r,
+    })
 
 
 def _store_study(store: str) -> dict:

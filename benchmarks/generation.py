@@ -18,10 +18,8 @@ Appends one JSON line to ``benchmarks/results.jsonl`` (git revision, device, set
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import fastjet  # noqa: E402
 import numpy as np  # noqa: E402
 import pythia8mc  # noqa: E402
 
+from _common import append_result, git_rev  # noqa: E402
 from jetscan.core.events import final_state_particles  # noqa: E402
 from jetscan.core.study import Study, settings_hash  # noqa: E402
 from jetscan.jobs.generate import ShardMaker, ShardSpec, generate, sample_pythia_settings  # noqa: E402
@@ -126,13 +125,6 @@ def workers_scaling(tmp: Path, shards: int, shard_jets: int) -> dict[int, float]
     return out
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=3000, help="events for the single-core comparison")
@@ -185,8 +177,7 @@ def main() -> None:
         print(f"ratio 2 workers / 1 worker = {speedup:.2f}  (target >= 1.8)")
         result["ray_seconds"] = times
         result["speedup_2_over_1"] = speedup
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(result) + "\n")
+    append_result(result)
 
 
 if __name__ == "__main__":

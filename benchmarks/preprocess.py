@@ -62,8 +62,6 @@ if __name__ == "__main__":  # not when benchmarks/train.py imports the store hel
 
 import argparse  # noqa: E402
 import atexit  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -73,6 +71,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from _common import append_result, cpu_device, git_rev  # noqa: E402
 from jetscan.core.images import IMAGE_PRESETS, heimel40, jet_images, preprocess_constituents  # noqa: E402
 from jetscan.core.study import Study, settings_hash  # noqa: E402
 from jetscan.storage import catalog, layout  # noqa: E402
@@ -184,17 +183,6 @@ def read_constituents(study: Study) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 # ----------------------------------------------------------------------------- helpers
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
-def cpu_device() -> str:
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()} (cpu)"
-
-
 def stats(times, jets_per_step) -> dict:
     """First-step (cold) latency; steady-state rate and p50/p95 (ms) over all steps but the first."""
     t = np.asarray(times, dtype=float)
@@ -502,11 +490,7 @@ def main() -> None:
     print(f"ours heimel40            = {h:,.0f} jets/s/core  (target >= 200,000)")
     if not args.skip_loader:
         result["loader"] = loader_part(args, study)
-    if args.quick:
-        print("(--quick: nothing appended to benchmarks/results.jsonl)")
-        return
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(result) + "\n")
+    append_result(result, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import platform
 import tempfile
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import append_result
 from jetscan.core.models import build_model, make_optimizer
 from jetscan.core.study import settings_hash
 from jetscan.storage.loader import JetStream
@@ -235,11 +235,7 @@ def main() -> None:
         devices_text.append(torch.cuda.get_device_name(device) + " (cuda)" if cuda
                             else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads (cpu)")
     result["device"] = "; ".join(devices_text)
-    if args.quick:
-        print("(--quick: nothing appended to benchmarks/results.jsonl)")
-        return
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(result) + "\n")
+    append_result(result, quick=args.quick)
 
 
 if __name__ == "__main__":
