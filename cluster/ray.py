@@ -113,11 +113,13 @@ def run_actors(
     method: str,
     tasks: Sequence[Any],
     *,
-    workers: int,
+    workers: int | None = None,
     address: str | None = None,
     on_result: Callable[[Any], None] | None = None,
 ) -> list[Any]:
-    """Run ``worker_cls(*init_args).<method>(task)`` for every task on ``workers`` Ray actors."""
+    """Run ``worker_cls(*init_args).<method>(task)`` for every task on ``workers`` Ray actors
+    (default: one per core of this machine)."""
+    workers = workers or os.cpu_count() or 1
     with _session(address, workers) as ray:
         remote_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(worker_cls)
         actors = [remote_cls.remote(*init_args) for _ in range(min(workers, len(tasks)))]
@@ -140,11 +142,13 @@ def run_tasks(
     fn: Callable[[Any], Any],
     tasks: Sequence[Any],
     *,
-    workers: int,
+    workers: int | None = None,
     address: str | None = None,
     on_result: Callable[[Any], None] | None = None,
 ) -> list[Any]:
-    """Run ``fn(task)`` as one stateless Ray task per item, ``workers`` at a time (retried once)."""
+    """Run ``fn(task)`` as one stateless Ray task per item, ``workers`` at a time (default: one per
+    core; retried once)."""
+    workers = workers or os.cpu_count() or 1
     with _session(address, workers) as ray:
         remote_fn = ray.remote(num_cpus=1, max_retries=1)(fn)
         slots = list(range(min(workers, len(tasks))))

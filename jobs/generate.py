@@ -359,5 +359,4 @@ def generate(
         return run_local(ShardMaker, (study,), "make", todo, on_result=on_shard)
     from jetscan.cluster.ray import run_actors
 
-    n = workers or os.cpu_count() or 1
-    return run_actors(ShardMaker, (study,), "make", todo, workers=n, address=address, on_result=on_shard)
+    return run_actors(ShardMaker, (study,), "make", todo, workers=workers, address=address, on_result=on_shard)

@@ -157,14 +157,11 @@ def _shard_nbytes(spec: InputSpec) -> int:
     """Bytes on disk of this shard's zarr shard file (-1 where the store is not local)."""
     if "://" in spec.store:
         return -1
-    root = os.path.join(spec.store, spec.sample, "inputs", spec.representation, "c")
-    total = 0
-    prefix = os.path.join(root, str(spec.shard))
-    for dirpath, _, files in os.walk(prefix) if os.path.isdir(prefix) else []:
-        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
-    if os.path.isfile(prefix):
-        total = os.path.getsize(prefix)
-    return total
+    # the zarr shard of jets [start, stop): a file for 1-D arrays, a folder of files otherwise
+    path = os.path.join(spec.store, spec.sample, "inputs", spec.representation, "c", str(spec.shard))
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def preprocess(
@@ -184,16 +181,12 @@ def preprocess(
     if not todo:
         return [], waiting
     if not use_ray:
-        rows = []
-        for spec in todo:
-            rows.append(process(spec))
-            if on_shard:
-                on_shard(rows[-1])
-        return rows, waiting
+        from jetscan.cluster.local import run_tasks
+
+        return run_tasks(process, todo, on_result=on_shard), waiting
     from jetscan.cluster.ray import run_tasks
 
-    n = workers or os.cpu_count() or 1
-    return run_tasks(process, todo, workers=n, address=address, on_result=on_shard), waiting
+    return run_tasks(process, todo, workers=workers, address=address, on_result=on_shard), waiting
 
 
 def bytes_per_jet(store: str, sample: str, representation: str) -> float:
