@@ -3,7 +3,7 @@
     jetscan run STUDY.yaml         the whole study on local defaults (today: generation)
     jetscan generate STUDY.yaml    [--address HOST:PORT] [--workers N] [--sample NAME ...]
     jetscan preprocess STUDY.yaml  [--address HOST:PORT] [--workers N] [--representation NAME ...]
-    jetscan train STUDY.yaml --model RUN [--restart]
+    jetscan train STUDY.yaml --model RUN [--restart] [--np N] [--backend horovod|ddp] [--address HOST:PORT]
     jetscan evaluate STUDY.yaml    [--model RUN ...] [--report DIR]
     jetscan info STORE             samples, jet counts, stored inputs and the shard catalog
 """
@@ -145,32 +145,40 @@ def train_cmd(
     study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
     model: list[str] = typer.Option(..., "--model", help="run name(s) from train.runs"),
     restart: bool = typer.Option(False, "--restart", help="ignore an existing checkpoint and train from scratch"),
-    np_: int = typer.Option(1, "--np", help="data-parallel worker processes on this machine"),
-    backend: str = typer.Option("horovod", "--backend", help="horovod (horovodrun, gloo) or ddp (torchrun)"),
+    np_: int = typer.Option(1, "--np", help="data-parallel workers (processes here, or Ray actors with --address)"),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="horovod (the default: horovodrun / RayExecutor, gloo) or ddp (torch.distributed)"
+    ),
+    address: Optional[str] = typer.Option(None, "--address", help="run the workers as actors on the Ray cluster at HOST:PORT"),
 ) -> None:
-    """Train runs of the study (resuming from their last checkpoint); --np N runs N workers."""
+    """Train runs of the study (resuming from their last checkpoint); --np N runs N workers.
+
+    Inside a launcher (horovodrun, torchrun, or a Slurm srun step) each process is one worker
+    and takes its rank and size from the launcher's environment."""
+    from jetscan.cluster.distributed import inside_launcher
+
     study = _study(study_path)
     for run in model:
         study.run(run)  # every name is checked before any worker starts
-    if np_ == 1 and not _inside_launcher():
-        _train(study, model, restart)
-        return
-    if _inside_launcher():  # a worker started by horovodrun / torchrun: train, quietly but for rank 0
+    if inside_launcher():  # a worker: train, with the rank and size its launcher gave it
         from jetscan.jobs.train import train
 
         for run in model:
-            train(study, run, restart=restart)
+            train(study, run, restart=restart, backend=backend or "auto")
+        return
+    if address is not None:
+        from jetscan.cluster.launch import launch_ray
+
+        launch_ray(study, list(model), np_, backend or "horovod", address=address, restart=restart)
+        console.print(f"trained {', '.join(model)} on {np_} {backend or 'horovod'} workers of the Ray cluster at {address}")
+        return
+    if np_ == 1:
+        _train(study, model, restart)
         return
     from jetscan.cluster.launch import launch_local
 
-    launch_local(str(study_path), list(model), np_, backend, restart=restart)
-    console.print(f"trained {', '.join(model)} on {np_} {backend} workers")
-
-
-def _inside_launcher() -> bool:
-    import os
-
-    return "HOROVOD_RANK" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+    launch_local(str(study_path), list(model), np_, backend or "horovod", restart=restart)
+    console.print(f"trained {', '.join(model)} on {np_} {backend or 'horovod'} workers")
 
 
 def _report_dir(study) -> Path:

@@ -10,46 +10,17 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 import numpy as np
 import pytest
-import torch
 
 from jetscan.cluster.distributed import SingleProcess, make_comm, pick_backend
 from jetscan.cluster.launch import launch_command, launch_local
 from jetscan.core.errors import ConfigError, RunnerError
-from jetscan.core.study import Study
 from jetscan.storage.loader import JetStream
 
-V = 2
-BATCH = 16
-RUNS = {
-    "dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 3, "batch_size": BATCH, "optimizer": "adam", "lr": 1e-3},
-    "tagger": {
-        "model": "deeptop_minimal", "samples": ["qcd", "top"], "representation": "heimel40_max",
-        "epochs": 2, "batch_size": BATCH, "optimizer": "adam", "lr": 1e-3,
-    },
-}
-
-
-def with_runs(study: Study, *, store: str | None = None, runs: dict | None = None, **data) -> Study:
-    d = study.model_dump(mode="json")
-    d["train"] = {"runs": runs or RUNS, "threads": 1, "device": "cpu"}
-    d["data"].update(data)
-    if store:
-        d["store"] = store
-    return Study.from_dict(d)
-
-
-@pytest.fixture(scope="module")
-def study(pythia_store):
-    from jetscan.jobs.preprocess import preprocess
-
-    preprocess(pythia_store, use_ray=False, representations=["heimel40", "heimel40_max"])
-    return with_runs(pythia_store, virtual_ranks=V, batch_size=BATCH)
-
+BATCH = 16  # the global batch of the ``study`` fixture (tests/cluster/conftest.py)
 
 def keys(batch):
     return np.stack([batch["sample"], batch["index"]], 1)
@@ -80,7 +51,7 @@ def test_two_ranks_read_disjoint_halves_of_the_one_rank_global_batches(study):
 
 @pytest.mark.slow
 @pytest.mark.pythia
-def test_lockstep_checks_and_default_stream_unchanged(study):
+def test_lockstep_checks_and_default_stream_unchanged(study, with_runs):
     with pytest.raises(ConfigError, match="data.virtual_ranks 2 is not a multiple of the world size 3"):
         JetStream(study, ["qcd"], "heimel40", lockstep=True, rank=0, world_size=3)
     with pytest.raises(ConfigError, match="batch_size 15 is not divisible by data.virtual_ranks 2"):
@@ -100,39 +71,19 @@ def test_lockstep_checks_and_default_stream_unchanged(study):
 
 
 # ------------------------------------------------------------------- 1 vs 2 workers
-def _two_workers_equal_one(study, tmp_path, run: str, backend: str):
-    from jetscan.jobs.train import load_trained, train
-
-    one = with_runs(study, store=str(tmp_path / "one.zarr"))
-    two = with_runs(study, store=str(tmp_path / "two.zarr"))
-    for s in (one, two):
-        shutil.copytree(study.store, s.store, ignore=shutil.ignore_patterns("_runs"))
-    summary = train(one, run, restart=True, comm=SingleProcess())
-    yaml_path = tmp_path / "two.yaml"
-    yaml_path.write_text(two.to_yaml())
-    assert launch_local(str(yaml_path), [run], np=2, backend=backend, timeout=240) == 0
-    m1, _, c1 = load_trained(one, run)
-    m2, _, c2 = load_trained(two, run)
-    assert c2["summary"]["world_size"] == 2 and c1["summary"]["world_size"] == 1
-    assert c2["summary"]["epochs_run"] == summary["epochs_run"]
-    torch.testing.assert_close(m2.state_dict(), m1.state_dict(), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(c2["history"]["train_loss"], c1["history"]["train_loss"], rtol=1e-4)
-    np.testing.assert_allclose(c2["history"]["val_loss"], c1["history"]["val_loss"], rtol=1e-4)
-
-
 @pytest.mark.slow
 @pytest.mark.pythia
 @pytest.mark.horovod
 @pytest.mark.parametrize("run", ["dense", "tagger"])
-def test_two_horovod_workers_reach_the_one_worker_weights(study, tmp_path, run):
+def test_two_horovod_workers_reach_the_one_worker_weights(study, tmp_path, run, two_workers_equal_one):
     pytest.importorskip("horovod.torch")
-    _two_workers_equal_one(study, tmp_path, run, "horovod")
+    two_workers_equal_one(study, tmp_path, run, lambda yaml, runs: launch_local(yaml, runs, np=2, backend="horovod", timeout=240))
 
 
 @pytest.mark.slow
 @pytest.mark.pythia
-def test_two_ddp_workers_reach_the_one_worker_weights(study, tmp_path):
-    _two_workers_equal_one(study, tmp_path, "dense", "ddp")
+def test_two_ddp_workers_reach_the_one_worker_weights(study, tmp_path, two_workers_equal_one):
+    two_workers_equal_one(study, tmp_path, "dense", lambda yaml, runs: launch_local(yaml, runs, np=2, backend="ddp", timeout=240))
 
 
 # ---------------------------------------------------------------------------- errors
