@@ -309,6 +309,15 @@ class RunConfig(_Frozen):
         "paper", description="the paper's optimizer, or another one (small samples train faster with adam)"
     )
     lr: float | None = Field(None, gt=0.0, description="learning rate (default: the paper's, or 1e-3 for adam)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none",
+        description="data parallel: 'none' keeps batch_size the global batch (any number of workers takes the "
+        "same steps); 'linear' / 'sqrt' make batch_size the per-worker batch and multiply lr by the world size "
+        "or its square root (Goyal et al. 2017)",
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, le=1000.0, description="epochs over which lr rises from its one-worker value to the scaled one"
+    )
     adversary: AdversaryConfig | None = None
     max_fit_jets: int = Field(200_000, ge=10, description="PCA: jets used for the fit")
 

@@ -35,6 +35,7 @@ from jetscan.cluster.distributed import Comm, make_comm
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.models import build_model, make_optimizer
 from jetscan.core.models.adversarial import MassAdversary, adversarial_step, mass_bin_edges, mass_bin_labels
+from jetscan.core.models.schedule import lr_factor, warmup_lr
 from jetscan.core.study import RunConfig, Study, settings_hash
 from jetscan.storage import blobs
 from jetscan.storage.loader import JetStream, split_assignment
@@ -50,10 +51,14 @@ def checkpoint_path(run: str) -> str:
 def run_settings(study: Study, run: str) -> dict:
     """Everything that determines a run's weights (its checkpoint is refused if this changes)."""
     cfg = study.run(run)
+    config = cfg.model_dump(mode="json")
+    for key, default in (("lr_scaling", "none"), ("warmup_epochs", 0.0)):
+        if config.get(key) == default:
+            del config[key]  # defaults: checkpoints made before these options stay valid
     return {
         "run": run,
         "seed": study.seed,
-        "config": cfg.model_dump(mode="json"),
+        "config": config,
         "data": _data_settings(study),
         "jets": {s: settings_hash(study.generation_settings(s)) for s in _all_samples(study, cfg)},
     }
@@ -94,6 +99,7 @@ class Prepared:
     on_the_fly: bool
     train_stream: JetStream
     val_stream: JetStream
+    fit_stream: JetStream
     batch_size: int
     settings: dict
     settings_hash: str
@@ -127,6 +133,8 @@ def prepare(study: Study, run: str, comm: Comm | None = None, *, on_the_fly: boo
         if labels != {True, False}:
             raise ConfigError(f"train.runs.{run}.samples: a tagger needs background and signal samples (got {list(cfg.samples)})")
     batch_size = cfg.batch_size or info.batch_size or study.data.batch_size
+    if cfg.lr_scaling != "none":
+        batch_size *= comm.size  # batch_size is per worker: the global batch grows with the workers
     if on_the_fly is None:
         try:
             JetStream(study, list(cfg.samples), representation, split="train", batch_size=batch_size)
@@ -141,8 +149,17 @@ def prepare(study: Study, run: str, comm: Comm | None = None, *, on_the_fly: boo
         study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, lockstep=lockstep, **common
     )
     val_stream = JetStream(study, list(cfg.samples), representation, split="val", contaminated=cfg.contaminated, shuffle=False, **common)
+    # a fit (PCA) is one computation, not data parallel: every rank fits on the whole training
+    # split in the order one worker reads it, so all ranks hold the same fit as one worker
+    fit_stream = train_stream if comm.size == 1 else JetStream(
+        study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, lockstep=lockstep,
+        **{**common, "rank": 0, "world_size": 1},
+    )
     settings = run_settings(study, run)
-    return Prepared(run, cfg, module, info, representation, on_the_fly, train_stream, val_stream, batch_size, settings, settings_hash(settings))
+    return Prepared(
+        run, cfg, module, info, representation, on_the_fly, train_stream, val_stream, fit_stream, batch_size, settings,
+        settings_hash(settings),
+    )
 
 
 def _x(batch: dict, info, device) -> torch.Tensor:
@@ -232,8 +249,10 @@ def train(
     ``"ddp"``) gives rank and size; each rank reads ``batch_size / size`` jets of every global
     batch (``data.virtual_ranks``), takes the mean loss over them, and the optimizer averages
     the gradients, so N workers take the steps of one worker on the global batch with the same
-    learning rate. Scaling the learning rate with the world size (with a warm-up) is a user
-    choice: set ``lr`` in the run for that; it is not done here."""
+    learning rate. With the run's ``lr_scaling`` ``"linear"`` (or ``"sqrt"``), ``batch_size`` is
+    per worker instead, the global batch is N times larger and the learning rate N (sqrt N)
+    times larger, reached by a linear warm-up over ``warmup_epochs`` (Goyal et al. 2017,
+    :mod:`jetscan.core.models.schedule`); both optimizers of the adversarial AE are scaled."""
     comm = comm or make_comm(backend)
     if study.train.threads:
         torch.set_num_threads(study.train.threads)
@@ -253,7 +272,7 @@ def train(
     t0 = time.perf_counter()
     if info.kind == "pca":
         xs, n = [], 0
-        for batch in p.train_stream.iter_numpy(epoch=0):
+        for batch in p.fit_stream.iter_numpy(epoch=0):
             xs.append(batch["x"])
             n += len(batch["x"])
             if n >= cfg.max_fit_jets:
@@ -267,6 +286,7 @@ def train(
 
     optimizer, scheduler = make_optimizer(module, _optimizer_info(info, cfg))
     optimizer = comm.wrap_optimizer(optimizer, module)
+    factor = lr_factor(comm.size, cfg.lr_scaling)
     adversary = opt_adv = edges = None
     if cfg.adversary is not None:
         if info.kind != "autoencoder":
@@ -277,8 +297,18 @@ def train(
         ).to(device)
         opt_adv = comm.wrap_optimizer(torch.optim.Adam(adversary.parameters(), lr=cfg.adversary.lr), adversary)
         edges = _mass_edges(study, cfg)
+    optimizers = [o for o in (optimizer, opt_adv) if o is not None]
+    for opt in optimizers:  # the scaled rates (a resumed optimizer brings its own back)
+        for group in opt.param_groups:
+            group["target_lr"] = group["lr"] * factor
+            group["lr"] = warmup_lr(group["target_lr"], factor, 0.0, cfg.warmup_epochs)
 
     start_epoch, history, best = 0, {"epoch": [], "train_loss": [], "val_loss": []}, None
+    if ckpt is not None and factor != 1.0 and ckpt.get("world_size", comm.size) != comm.size:
+        raise StorageError(
+            f"run {run!r} was checkpointed on {ckpt['world_size']} workers with lr_scaling {cfg.lr_scaling!r}, "
+            f"which sets its batch and learning rate; resume it on {ckpt['world_size']} workers, or pass --restart"
+        )
     if ckpt is not None:
         module.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -301,7 +331,13 @@ def train(
     for epoch in range(start_epoch, cfg.epochs):
         module.train()
         total, n = 0.0, 0
-        for batch in p.train_stream.iter_numpy(epoch=epoch):
+        warming = factor != 1.0 and epoch < cfg.warmup_epochs
+        steps = max(p.train_stream.steps_per_epoch(epoch) or 1, 1) if warming else 1
+        for step, batch in enumerate(p.train_stream.iter_numpy(epoch=epoch)):
+            if warming:  # per step: lr rises linearly to the scaled rate (Goyal et al. sec. 2.2)
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = warmup_lr(group["target_lr"], factor, epoch + step / steps, cfg.warmup_epochs)
             b = {k: torch.from_numpy(v) for k, v in batch.items()}
             if adversary is not None:
                 labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
@@ -317,7 +353,11 @@ def train(
             n += len(batch["x"])
         train_loss = (comm.allreduce_mean(total) * comm.size) / max(comm.allreduce_mean(float(n)) * comm.size, 1.0)
         val_loss = _mean_loss(module, info, p.val_stream, device, comm, epoch)
-        if scheduler is not None:
+        if warming and epoch + 1 >= cfg.warmup_epochs:
+            for opt in optimizers:  # warm-up over: the scaled rates from here on
+                for group in opt.param_groups:
+                    group["lr"] = group["target_lr"]
+        if scheduler is not None and epoch + 1 >= cfg.warmup_epochs:  # plateau annealing after the warm-up
             scheduler.step(val_loss)
         history["epoch"].append(epoch)
         history["train_loss"].append(train_loss)
@@ -338,6 +378,7 @@ def train(
                 "rng": _rng_state(),
                 "history": history,
                 "best": best,
+                "world_size": comm.size,
             }
             if adversary is not None:
                 state.update(adversary=adversary.state_dict(), opt_adv=opt_adv.state_dict())
@@ -364,6 +405,7 @@ def _finish(study: Study, p: Prepared, module, history: dict, *, best_epoch: int
         "train_jets": p.train_stream.n_jets_total,
         "seconds": seconds,
         "world_size": comm.size,
+        "global_batch": p.batch_size,
     }
     if comm.is_root:
         state = {

@@ -5,6 +5,11 @@
   disjoint and take the same number of steps, every epoch;
 - 2 workers (``horovodrun``, and ``torchrun`` with gloo) reach the weights of 1 worker with
   the same global batch and seed; rank 0 writes the checkpoint;
+- the adversarial AE (both optimizers distributed) and PCA (one fit on the whole split) with 2
+  workers equal 1 worker; ``lr_scaling: linear`` makes 2 workers with batch b and lr l the one
+  worker with batch 2b and lr 2l;
+- a worker killed by SIGKILL ends the job with a clear error, and the same command resumes the
+  run to the weights of an uninterrupted run;
 - clear errors for a bad ``np``, a missing Horovod, a failing worker.
 """
 
@@ -14,6 +19,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from jetscan.cluster.distributed import SingleProcess, make_comm, pick_backend
 from jetscan.cluster.launch import launch_command, launch_local
@@ -21,6 +27,7 @@ from jetscan.core.errors import ConfigError, RunnerError
 from jetscan.storage.loader import JetStream
 
 BATCH = 16  # the global batch of the ``study`` fixture (tests/cluster/conftest.py)
+RUNS = {"dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 3, "batch_size": BATCH, "optimizer": "adam", "lr": 1e-3}}
 
 def keys(batch):
     return np.stack([batch["sample"], batch["index"]], 1)
@@ -84,6 +91,115 @@ def test_two_horovod_workers_reach_the_one_worker_weights(study, tmp_path, run, 
 @pytest.mark.pythia
 def test_two_ddp_workers_reach_the_one_worker_weights(study, tmp_path, two_workers_equal_one):
     two_workers_equal_one(study, tmp_path, "dense", lambda yaml, runs: launch_local(yaml, runs, np=2, backend="ddp", timeout=240))
+
+
+def _launch(backend: str):
+    return lambda yaml, runs: launch_local(yaml, runs, np=2, backend=backend, timeout=240)
+
+
+@pytest.mark.slow
+@pytest.mark.pythia
+@pytest.mark.horovod
+def test_the_adversarial_ae_with_both_optimizers_distributed(study, tmp_path, two_workers_equal_one):
+    pytest.importorskip("horovod.torch")
+    runs = {"adv": {**RUNS["dense"], "epochs": 2, "adversary": {"adv_lambda": 5e-4, "mass_bins": 5}}}
+    two_workers_equal_one(study, tmp_path, "adv", _launch("horovod"), runs=runs)
+
+
+@pytest.mark.slow
+@pytest.mark.pythia
+def test_pca_fits_once_on_the_whole_split_with_two_workers(study, tmp_path, two_workers_equal_one):
+    runs = {"pca": {"model": "pca", "samples": ["qcd"], "representation": "heimel40", "hyper": {"bottleneck": 8}}}
+    two_workers_equal_one(study, tmp_path, "pca", _launch("ddp"), runs=runs)
+
+
+@pytest.mark.slow
+@pytest.mark.pythia
+def test_linear_lr_scaling_is_one_worker_on_the_n_times_batch_with_n_times_lr(study, tmp_path, two_workers_equal_one):
+    """lr_scaling linear: 2 workers with batch 8 and lr 1e-3 take the steps of 1 worker with
+    batch 16 and lr 2e-3 (Goyal et al.'s linear scaling rule, here without warm-up)."""
+    one = {"dense": {**RUNS["dense"], "batch_size": 2 * (BATCH // 2), "lr": 2e-3}}
+    two = {"dense": {**RUNS["dense"], "batch_size": BATCH // 2, "lr": 1e-3, "lr_scaling": "linear"}}
+    _, scaled = two_workers_equal_one(study, tmp_path, "dense", _launch("ddp"), runs=one, runs_two=two)
+    from jetscan.jobs.train import load_trained
+
+    assert load_trained(scaled, "dense")[2]["summary"]["global_batch"] == BATCH
+
+
+@pytest.mark.slow
+@pytest.mark.pythia
+def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_runs):
+    """SIGKILL one of 2 torchrun workers after the first checkpoint: the job ends with a clear
+    error, and the same command resumes it to the weights of an uninterrupted run."""
+    import os
+    import shutil
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from jetscan.jobs.train import checkpoint_path, load_trained, train
+    from jetscan.storage import blobs
+
+    runs = {"dense": {**RUNS["dense"], "epochs": 8}}
+    ref = with_runs(study, store=str(tmp_path / "ref.zarr"), runs=runs)
+    killed = with_runs(study, store=str(tmp_path / "killed.zarr"), runs=runs)
+    for s in (ref, killed):
+        shutil.copytree(study.store, s.store, ignore=shutil.ignore_patterns("_runs"))
+    train(ref, "dense", comm=SingleProcess())
+    yaml_path = tmp_path / "killed.yaml"
+    yaml_path.write_text(killed.to_yaml())
+
+    errors: list[Exception] = []
+
+    def job():
+        try:
+            launch_local(str(yaml_path), ["dense"], np=2, backend="ddp", timeout=240)
+        except RunnerError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.time() + 180
+    while time.time() < deadline and thread.is_alive() and not blobs.exists(killed.store, checkpoint_path("dense")):
+        time.sleep(0.02)
+    victims = [pid for pid in _workers(str(yaml_path)) if _env(pid).get("RANK") == "1"]
+    assert victims, "no rank-1 worker found"
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(240)
+    assert len(errors) == 1 and "re-run the same command" in str(errors[0])
+    ckpt = torch.load(Path(killed.store) / checkpoint_path("dense"), weights_only=False)
+    assert not ckpt.get("finished"), "the run finished before a worker could be killed"
+    assert ckpt["world_size"] == 2
+
+    assert launch_local(str(yaml_path), ["dense"], np=2, backend="ddp", timeout=240) == 0
+    want, got = load_trained(ref, "dense")[2], load_trained(killed, "dense")[2]
+    torch.testing.assert_close(got["model"], want["model"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["history"]["val_loss"], want["history"]["val_loss"], rtol=1e-4)
+
+
+def _workers(needle: str) -> list[int]:
+    """Pids of the training workers whose command line names ``needle`` (not the launcher)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if needle.encode() in cmd and b"jetscan.jobs.cli" in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _env(pid: int) -> dict:
+    try:
+        raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
 # ---------------------------------------------------------------------------- errors
