@@ -12,6 +12,9 @@ TORCH_PIN := torch==2.13.0
 # pythia8mc 8.317.2 has a CPython 3.11 x86_64 wheel; 8.318.0 ships only source (an hour to build).
 # Horovod 0.28.1 is built from its sdist with C++17 and gloo by cluster/build_horovod.sh, once:
 # the wheel is cached in ~/.cache/jetscan/wheels (about 8 minutes on 2 cores the first time).
+# Slurm 22.05 (slurm-wlm: slurmctld, slurmd, srun, ...) and munge, from Debian, for the srun tests
+# (tests/cluster/test_slurm.py starts its own daemons): installed only as root where apt-get exists;
+# elsewhere (or if apt-get fails) the Slurm tests skip, saying why.
 BUILD_DEPS := 'setuptools>=69' wheel 'pybind11>=2.12' numpy fastjet==3.5.2.0
 
 .PHONY: install demo test bench clean
@@ -22,6 +25,11 @@ $(STAMP): pyproject.toml setup.py Makefile core/_fastsub.cpp cluster/build_horov
 	@command -v g++ >/dev/null 2>&1 || { echo "installing g++ (needed to build jetscan's C++ extension)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ procps; }
 	@command -v pgrep >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps; }
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  ! { command -v srun && [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ]; } >/dev/null 2>&1; then \
+	  echo "installing slurm-wlm and munge (for the Slurm tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge; } || \
+	  echo "warning: could not install slurm-wlm / munge: the Slurm tests will be skipped"; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN) $(BUILD_DEPS)

@@ -11,6 +11,12 @@ starts N local workers.
 Rank and size come from the launcher's environment: torchrun (``RANK``/``WORLD_SIZE``),
 Horovod (``HOROVOD_RANK``/``HOROVOD_SIZE``), Open MPI (``OMPI_COMM_WORLD_RANK``/``..._SIZE``)
 or Slurm's srun (``SLURM_PROCID``/``SLURM_NTASKS``); none set means one process.
+
+Under ``srun`` (a step of more than one task, :func:`jetscan.cluster.slurm.srun_step`; not an
+``sbatch`` batch script) each task is a worker: :func:`make_comm` first sets up the rendezvous
+from the Slurm environment (:func:`jetscan.cluster.slurm.setup`), then initialises Horovod or
+torch.distributed as under horovodrun / torchrun. horovodrun's or torchrun's own variables, when
+present, take precedence (a launcher started inside a Slurm task).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 
 from jetscan.core.errors import RunnerError
 
-__all__ = ["world_from_env", "Comm", "SingleProcess", "make_comm", "pick_backend", "BACKENDS"]
+__all__ = ["inside_launcher", "world_from_env", "Comm", "SingleProcess", "make_comm", "pick_backend", "BACKENDS"]
 
 _ENV_PAIRS = (
     ("RANK", "WORLD_SIZE"),
@@ -41,6 +47,34 @@ def world_from_env(environ: dict | None = None) -> tuple[int, int]:
                 raise RunnerError(f"{rank_key}={rank} / {size_key}={size}: need 0 <= rank < size")
             return rank, size
     return 0, 1
+
+
+def _launcher_env(env) -> str | None:
+    """``"horovod"`` under horovodrun, ``"ddp"`` under torchrun, else None."""
+    if "HOROVOD_RANK" in env:
+        return "horovod"
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return "ddp"
+    return None
+
+
+def _srun_workers(env) -> bool:
+    """True in a task of an srun step of more than one task (one worker of several); a batch
+    script's process (``sbatch``) and a one-task step are not."""
+    from jetscan.cluster.slurm import srun_step
+
+    step = srun_step(env)
+    return step is not None and step.size > 1
+
+
+def inside_launcher(environ: dict | None = None) -> bool:
+    """True in a worker process started by a launcher (horovodrun, torchrun, Ray, Slurm's srun).
+
+    Slurm: only a task of an srun step of 2 tasks or more; the process running an ``sbatch``
+    script has ``SLURM_PROCID``/``SLURM_NTASKS`` too, but no step (``SLURM_STEP_ID``), and is not
+    a worker (it may start them: ``srun python -m jetscan.jobs.cli train ...``)."""
+    env = os.environ if environ is None else environ
+    return _launcher_env(env) is not None or _srun_workers(env)
 
 
 @dataclass
@@ -78,37 +112,67 @@ def pick_backend(backend: str = "auto", environ: dict | None = None) -> str:
     """``"horovod"``, ``"ddp"`` or ``"single"`` for ``backend`` in this environment.
 
     ``"auto"``: horovod where ``HOROVOD_RANK`` is set (horovodrun), ddp where torchrun's
-    ``RANK``/``WORLD_SIZE`` are, otherwise one process."""
+    ``RANK``/``WORLD_SIZE`` are; in an srun step of several tasks horovod when ``horovod.torch``
+    imports, else ddp (torch.distributed is always there); otherwise one process. A rank of
+    several set by MPI alone, or by Slurm outside an srun step (a batch script), is an error."""
     env = os.environ if environ is None else environ
     if backend not in BACKENDS:
         raise RunnerError(f"backend: must be one of {', '.join(BACKENDS)} (got {backend!r})")
     if backend != "auto":
         return backend
-    if "HOROVOD_RANK" in env:
-        return "horovod"
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return "ddp"
+    launched = _launcher_env(env)
+    if launched is not None:
+        return launched
+    if _srun_workers(env):
+        return "horovod" if _horovod_available() else "ddp"
     rank, size = world_from_env(env)
     if size > 1:
+        if "SLURM_PROCID" in env and not any(k in env for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK")):
+            raise RunnerError(
+                f"this process is rank {rank} of {size} by SLURM_PROCID/SLURM_NTASKS, but it is not in an srun step "
+                "(no SLURM_STEP_ID: a Slurm batch script, or an salloc shell), and backend 'auto' finds neither "
+                "horovodrun's HOROVOD_RANK nor torchrun's RANK/WORLD_SIZE; start the workers with "
+                "`srun python -m jetscan.jobs.cli train STUDY.yaml ...` (or `--np N` for local workers)"
+            )
         raise RunnerError(
-            f"this process is rank {rank} of {size} (set by an MPI / Slurm launcher), but backend 'auto' finds "
-            "neither horovodrun's HOROVOD_RANK nor torchrun's RANK/WORLD_SIZE; launch with horovodrun or torchrun, "
-            "or pass backend 'horovod'"
+            f"this process is rank {rank} of {size} (set by an MPI launcher), but backend 'auto' finds "
+            "neither horovodrun's HOROVOD_RANK nor torchrun's RANK/WORLD_SIZE nor a Slurm srun step; launch with "
+            "horovodrun, torchrun or srun, or pass backend 'horovod'"
         )
     return "single"
+
+
+def _horovod_available() -> bool:
+    """True when ``horovod.torch`` imports (a Horovod build for this torch)."""
+    import importlib
+
+    try:
+        importlib.import_module("horovod.torch")
+    except (ImportError, OSError):
+        return False
+    return True
 
 
 def make_comm(backend: str = "auto") -> Comm:
     """The communicator for this process: ``backend`` is ``"auto"`` (from the launcher's
     environment, size 1 when none), ``"horovod"`` (:class:`jetscan.cluster.horovod.HorovodComm`),
-    ``"ddp"`` (:class:`jetscan.cluster.ddp.DDPComm`, torch.distributed) or ``"single"``."""
+    ``"ddp"`` (:class:`jetscan.cluster.ddp.DDPComm`, torch.distributed) or ``"single"``.
+
+    In a task of an srun step (several tasks, no horovodrun / torchrun inside it) the
+    rendezvous is first set up from the Slurm environment (:func:`jetscan.cluster.slurm.setup`)."""
     chosen = pick_backend(backend)
+    if chosen == "single":
+        return SingleProcess()
     if chosen == "horovod":
-        from jetscan.cluster.horovod import HorovodComm
+        from jetscan.cluster.horovod import HorovodComm, import_horovod
 
+        import_horovod()  # the build hint, before any Slurm setup
+    if _launcher_env(os.environ) is None and _srun_workers(os.environ):
+        from jetscan.cluster.slurm import setup
+
+        setup(chosen)  # srun: the rendezvous horovodrun / torchrun would have set up
+    if chosen == "horovod":
         return HorovodComm()
-    if chosen == "ddp":
-        from jetscan.cluster.ddp import DDPComm
+    from jetscan.cluster.ddp import DDPComm
 
-        return DDPComm()
-    return SingleProcess()
+    return DDPComm()
