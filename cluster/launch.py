@@ -1,10 +1,11 @@
-"""Start N local training workers: ``horovodrun`` (backend horovod) or ``torchrun`` (ddp).
+"""Start N training workers: locally (``horovodrun`` / ``torchrun``), or on a Ray cluster.
 
 :func:`launch_local` runs ``python -m jetscan.jobs.cli train STUDY --model RUN ...`` in N
 processes on this machine; each worker finds its rank in the launcher's environment
 (:func:`jetscan.cluster.distributed.make_comm`), reads its own part of the data and
 rank 0 writes the checkpoints, so a failed job resumes from its last checkpoint when the
-same command is run again.
+same command is run again. :func:`launch_ray` runs the workers as actors of an existing Ray
+cluster instead (:mod:`jetscan.cluster.ray_train`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Sequence
 
 from jetscan.core.errors import RunnerError
 
-__all__ = ["launch_local", "launch_command", "LAUNCH_BACKENDS"]
+__all__ = ["launch_local", "launch_ray", "launch_command", "LAUNCH_BACKENDS"]
 
 LAUNCH_BACKENDS = ("horovod", "ddp")
 
@@ -31,14 +32,19 @@ def _console_script(name: str) -> str | None:
     return shutil.which(name)
 
 
-def launch_command(study_path: str, runs: Sequence[str], np: int, backend: str, *, restart: bool = False) -> list[str]:
-    """The command line :func:`launch_local` runs (checks ``np`` and ``backend``)."""
+def _check(runs: Sequence[str], np: int, backend: str, where: str) -> None:
+    """RunnerError for a bad ``np``, ``backend`` or an empty ``runs``."""
     if not isinstance(np, int) or isinstance(np, bool) or np < 1:
         raise RunnerError(f"np: the number of worker processes must be an integer >= 1 (got {np!r})")
     if backend not in LAUNCH_BACKENDS:
-        raise RunnerError(f"backend: must be one of {', '.join(LAUNCH_BACKENDS)} for a local launch (got {backend!r})")
+        raise RunnerError(f"backend: must be one of {', '.join(LAUNCH_BACKENDS)} for a {where} launch (got {backend!r})")
     if not runs:
         raise RunnerError("runs: name at least one run to train (--model RUN)")
+
+
+def launch_command(study_path: str, runs: Sequence[str], np: int, backend: str, *, restart: bool = False) -> list[str]:
+    """The command line :func:`launch_local` runs (checks ``np`` and ``backend``)."""
+    _check(runs, np, backend, "local")
     job = ["train", str(study_path)]
     for run in runs:
         job += ["--model", run]
@@ -91,3 +97,34 @@ def launch_local(
             "the run resumes from its last checkpoint: re-run the same command"
         )
     return code
+
+
+def launch_ray(study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False) -> int:
+    """Train ``runs`` of ``study`` with ``np`` workers as actors of the Ray cluster at ``address``; returns 0.
+
+    ``np``, ``backend`` (``"horovod"``: ``horovod.ray.RayExecutor``; ``"ddp"``: actors that
+    set up torch.distributed) and the address are checked first, each with one RunnerError.
+    The study's store must be on storage every node of the cluster sees (a shared filesystem
+    or an ``s3://`` URL): the workers read their data there and rank 0 writes the checkpoints
+    there. A failed worker ends the job with a RunnerError; re-running the same command
+    resumes from the last checkpoint. See :mod:`jetscan.cluster.ray_train`."""
+    from jetscan.cluster.ray import check_address
+
+    _check(runs, np, backend, "Ray")
+    for run in runs:
+        study.run(run)  # ConfigError naming an unknown run
+    if backend == "horovod":
+        from jetscan.cluster.horovod import import_horovod
+
+        import_horovod()  # RunnerError with the build hint when it is missing
+        try:
+            import horovod.ray  # noqa: F401
+        except ImportError as exc:
+            raise RunnerError(f"backend 'horovod' on Ray needs horovod.ray, which does not import here ({exc})") from None
+    check_address(address)
+    if "://" not in study.store and not os.path.isabs(study.store):
+        study = study.model_copy(update={"store": os.path.abspath(study.store)})  # the actors' cwd is not ours
+    from jetscan.cluster.ray_train import train_on_ray
+
+    train_on_ray(study, list(runs), np, backend, address=address, restart=restart)
+    return 0

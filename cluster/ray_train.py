@@ -1,0 +1,241 @@
+"""Data-parallel training as actors of an existing Ray cluster (``jetscan train --address``).
+
+:func:`train_on_ray` joins the cluster at ``address``, starts ``np`` worker actors (one CPU
+each, and one GPU each where the cluster has GPUs), and runs the same training loop as a
+local launch in every actor: :func:`jetscan.jobs.train.train` for each run, with the rank
+and size of the actor's backend. The first worker that fails (an exception, or its process
+killed) ends the job: the other workers are stopped and one RunnerError says what happened;
+rank 0 checkpoints every epoch, so the same command run again resumes from the last one.
+
+What the cluster must provide: the study object itself travels to the actors, but each
+worker reads its part of the training split from the study's store and rank 0 writes the
+checkpoints there, so the store must be on storage that every node sees (a shared
+filesystem path, or an ``s3://``-style URL), and every node needs the driver's environment
+(jetscan with torch, and horovod for that backend).
+
+Backends:
+
+- ``"horovod"``: ``horovod.ray.RayExecutor`` (gloo) places the workers in a placement group
+  and sets Horovod's rendezvous environment; each worker's comm is ``HorovodComm``.
+- ``"ddp"``: plain Ray actors in a placement group (PACK). Rank 0 picks a free port on its
+  node, every actor sets ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` and
+  ``LOCAL_RANK`` (and, with GPUs, ``CUDA_VISIBLE_DEVICES`` listing its node's workers'
+  GPUs in local-rank order) and ``DDPComm`` initialises the process group as under torchrun.
+  Ray Train's ``TorchTrainer`` was tried with ray 2.60: it works, but it needs the
+  ``ray[train]`` extra (pandas, tensorboardX), which jetscan needs for nothing else, and
+  took about 27 s to run a trivial 2-worker job on a 2-core node (a controller actor, its
+  own storage for results), where the actors here start in a few seconds; the process
+  group needs only the five variables above.
+
+Not elastic: horovod 0.28.1's elastic Ray executor (``RayExecutor(min_workers=...)``) runs
+with ray 2.60 (it needs ``nics`` in its settings, else it waits for a second host), but it
+blacklists the whole host of a failed worker, so on one node the loss of any worker still
+ends the job; a re-run resumes from the last checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from jetscan.core.errors import RunnerError
+
+__all__ = ["train_on_ray", "train_runs"]
+
+PLACEMENT_TIMEOUT_S = 100  # waiting for np free CPU (GPU) slots on the cluster
+CPUS_PER_WORKER = 1
+
+
+def train_runs(study, runs: list[str], restart: bool, backend: str, threads: int) -> list[dict]:
+    """One worker's job (runs in the actor): train every run in turn; their summaries."""
+    import torch
+
+    from jetscan.jobs.train import train
+
+    torch.set_num_threads(threads)  # the study's train.threads, when set, wins inside train()
+    return [train(study, run, restart=restart, backend=backend) for run in runs]
+
+
+def train_on_ray(study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False) -> list[dict]:
+    """Train ``runs`` of ``study`` on ``np`` workers of the Ray cluster at ``address``; the
+    summaries of rank 0. Arguments are checked by :func:`jetscan.cluster.launch.launch_ray`."""
+    import ray
+
+    started = _connect(address)
+    try:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        job = f"{backend} job of {np} workers on the Ray cluster at {address}"
+        if backend == "horovod":
+            return _horovod(study, runs, np, restart, use_gpu, job)
+        return _ddp(study, runs, np, restart, use_gpu, job)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _connect(address: str) -> bool:
+    """Join the cluster (True if this call connected); a RunnerError saying why it cannot."""
+    import ray
+
+    from jetscan.cluster.ray import ensure_ray
+
+    if ray.is_initialized():  # joined already (a notebook, a test): it must be that cluster
+        joined = ray.get_runtime_context().gcs_address
+        if address != "auto" and joined.rpartition(":")[2] != address.rpartition(":")[2]:
+            raise RunnerError(
+                f"--address {address!r}: this process is already connected to the Ray cluster at {joined}; "
+                "call ray.shutdown() first, or pass that address"
+            )
+        return False
+    try:
+        return ensure_ray(address, None)
+    except RunnerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ...
+        causes, e = [], exc
+        while e is not None:
+            causes.append(e)
+            e = e.__cause__
+        hint = ""
+        if any("Authentication" in type(c).__name__ for c in causes):
+            hint = (
+                "; the cluster uses token authentication (a token in ~/.ray/auth_token when it started): "
+                "set RAY_AUTH_MODE=token and make its token available here (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+            )
+        raise RunnerError(f"--address {address!r}: cannot join the Ray cluster there ({_one_line(exc)}){hint}") from None
+
+
+def _horovod(study, runs, np, restart, use_gpu, job) -> list[dict]:
+    from horovod.ray import RayExecutor
+
+    settings = RayExecutor.create_settings(timeout_s=60, placement_group_timeout_s=PLACEMENT_TIMEOUT_S)
+    executor = RayExecutor(
+        settings, num_workers=np, cpus_per_worker=CPUS_PER_WORKER, use_gpu=use_gpu, gpus_per_worker=1 if use_gpu else None
+    )
+    try:
+        try:
+            executor.start()
+        except TimeoutError:
+            raise _no_room(np, use_gpu, job) from None
+        refs = executor.run_remote(train_runs, args=[study, runs, restart, "horovod", CPUS_PER_WORKER])
+        return _gather(refs, job)[0]
+    finally:
+        executor.shutdown()  # removes the placement group, which ends its actors
+
+
+class _DDPWorker:
+    """One torch.distributed worker (a Ray actor)."""
+
+    def where(self) -> tuple[str, str, list]:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), list(ray.get_gpu_ids())
+
+    def free_port(self) -> int:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+
+    def train(self, env: dict, study, runs, restart) -> list[dict]:
+        os.environ.update(env)
+        try:
+            return train_runs(study, runs, restart, "ddp", CPUS_PER_WORKER)
+        finally:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _ddp(study, runs, np, restart, use_gpu, job) -> list[dict]:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundle = {"CPU": CPUS_PER_WORKER, **({"GPU": 1} if use_gpu else {})}
+    pg = placement_group([bundle] * np, strategy="PACK")
+    try:
+        if not ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)[0]:
+            raise _no_room(np, use_gpu, job)
+        cls = ray.remote(max_restarts=0)(_DDPWorker)
+        workers = [
+            cls.options(
+                num_cpus=CPUS_PER_WORKER,
+                num_gpus=1 if use_gpu else 0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
+            ).remote()
+            for rank in range(np)
+        ]
+        places = _gather([w.where.remote() for w in workers], job)
+        (port,) = _gather([workers[0].free_port.remote()], job)
+        envs = _ddp_envs(places, port)
+        return _gather([w.train.remote(env, study, runs, restart) for w, env in zip(workers, envs)], job)[0]
+    finally:
+        remove_placement_group(pg)  # ends the actors placed in it
+
+
+def _ddp_envs(places: list[tuple[str, str, list]], port: int) -> list[dict]:
+    """The torchrun-style environment of each rank, from each actor's (node id, ip, gpu ids)."""
+    by_node: dict[str, list[int]] = {}
+    for rank, (node, _ip, _gpus) in enumerate(places):
+        by_node.setdefault(node, []).append(rank)
+    envs = []
+    for rank, (node, _ip, gpus) in enumerate(places):
+        env = {
+            "MASTER_ADDR": places[0][1], "MASTER_PORT": str(port), "RANK": str(rank),
+            "WORLD_SIZE": str(len(places)), "LOCAL_RANK": str(by_node[node].index(rank)),
+        }
+        if gpus:  # device LOCAL_RANK is this worker's GPU
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(places[r][2][0]) for r in by_node[node])
+        envs.append(env)
+    return envs
+
+
+def _gather(refs: list, job: str) -> list[Any]:
+    """Results of ``refs``; the first failure (in completion order) becomes one RunnerError."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            _drain(pending)
+            dead = isinstance(exc, ray.exceptions.RayActorError)
+            raise RunnerError(
+                f"{job}: a worker {'died' if dead else 'failed'} ({_one_line(exc)}); the other workers were stopped. "
+                "The run resumes from its last checkpoint: re-run the same command"
+            ) from None
+    return ray.get(refs)
+
+
+def _drain(refs: list, timeout: float = 2.0) -> None:
+    """Collect the other workers' errors that come at once (else Ray logs each as unhandled)."""
+    import ray
+
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            pass
+
+
+def _no_room(np: int, use_gpu: bool, job: str) -> RunnerError:
+    import ray
+
+    free = ray.available_resources()
+    need = f"{np} CPU{' and GPU' if use_gpu else ''} slots"
+    return RunnerError(
+        f"{job}: the cluster did not free {need} within {PLACEMENT_TIMEOUT_S} s (available now: "
+        f"{free.get('CPU', 0):g} CPUs, {free.get('GPU', 0):g} GPUs); pass a smaller --np or add nodes"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """The root cause of a (Ray) error in one line."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
