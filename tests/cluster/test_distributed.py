@@ -128,9 +128,12 @@ def test_linear_lr_scaling_is_one_worker_on_the_n_times_batch_with_n_times_lr(st
 
 @pytest.mark.slow
 @pytest.mark.pythia
-def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_runs):
-    """SIGKILL one of 2 torchrun workers after the first checkpoint: the job ends with a clear
-    error, and the same command resumes it to the weights of an uninterrupted run."""
+@pytest.mark.parametrize("backend", ["ddp", pytest.param("horovod", marks=pytest.mark.horovod)])
+def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_runs, backend):
+    """SIGKILL one of 2 workers (torchrun, horovodrun) after the first checkpoint: the job ends
+    with a clear error, and the same command resumes it to the weights of an uninterrupted run."""
+    if backend == "horovod":
+        pytest.importorskip("horovod.torch")
     import os
     import shutil
     import signal
@@ -154,7 +157,7 @@ def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_
 
     def job():
         try:
-            launch_local(str(yaml_path), ["dense"], np=2, backend="ddp", timeout=240)
+            launch_local(str(yaml_path), ["dense"], np=2, backend=backend, timeout=240)
         except RunnerError as exc:
             errors.append(exc)
 
@@ -163,7 +166,8 @@ def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_
     deadline = time.time() + 180
     while time.time() < deadline and thread.is_alive() and not blobs.exists(killed.store, checkpoint_path("dense")):
         time.sleep(0.02)
-    victims = [pid for pid in _workers(str(yaml_path)) if _env(pid).get("RANK") == "1"]
+    rank_key = "HOROVOD_RANK" if backend == "horovod" else "RANK"
+    victims = [pid for pid in _workers(str(yaml_path)) if _env(pid).get(rank_key) == "1"]
     assert victims, "no rank-1 worker found"
     os.kill(victims[0], signal.SIGKILL)
     thread.join(240)
@@ -172,7 +176,7 @@ def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_
     assert not ckpt.get("finished"), "the run finished before a worker could be killed"
     assert ckpt["world_size"] == 2
 
-    assert launch_local(str(yaml_path), ["dense"], np=2, backend="ddp", timeout=240) == 0
+    assert launch_local(str(yaml_path), ["dense"], np=2, backend=backend, timeout=240) == 0
     want, got = load_trained(ref, "dense")[2], load_trained(killed, "dense")[2]
     torch.testing.assert_close(got["model"], want["model"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got["history"]["val_loss"], want["history"]["val_loss"], rtol=1e-4)
