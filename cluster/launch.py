@@ -99,7 +99,9 @@ def launch_local(
     return code
 
 
-def launch_ray(study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False) -> int:
+def launch_ray(
+    study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False, min_np: int | None = None
+) -> int:
     """Train ``runs`` of ``study`` with ``np`` workers as actors of the Ray cluster at ``address``; returns 0.
 
     ``np``, ``backend`` (``"horovod"``: ``horovod.ray.RayExecutor``; ``"ddp"``: actors that
@@ -107,10 +109,18 @@ def launch_ray(study, runs: list[str], np: int, backend: str, *, address: str, r
     The study's store must be on storage every node of the cluster sees (a shared filesystem
     or an ``s3://`` URL): the workers read their data there and rank 0 writes the checkpoints
     there. A failed worker ends the job with a RunnerError; re-running the same command
-    resumes from the last checkpoint. See :mod:`jetscan.cluster.ray_train`."""
+    resumes from the last checkpoint. See :mod:`jetscan.cluster.ray_train`.
+
+    ``min_np`` (horovod only): an elastic job (Horovod elastic on Ray) that keeps training
+    while at least ``min_np`` of the ``np`` workers are alive, each loss resuming from the
+    last checkpoint on the workers left; every world size from ``min_np`` to ``np`` must
+    divide ``data.virtual_ranks`` (when it is above 1), and no run may use ``lr_scaling``
+    (its batch and learning rate are tied to the world size)."""
     from jetscan.cluster.ray import check_address
 
     _check(runs, np, backend, "Ray")
+    if min_np is not None:
+        _check_elastic(study, runs, np, min_np, backend)
     for run in runs:
         study.run(run)  # ConfigError naming an unknown run
     if backend == "horovod":
@@ -126,5 +136,28 @@ def launch_ray(study, runs: list[str], np: int, backend: str, *, address: str, r
         study = study.model_copy(update={"store": os.path.abspath(study.store)})  # the actors' cwd is not ours
     from jetscan.cluster.ray_train import train_on_ray
 
-    train_on_ray(study, list(runs), np, backend, address=address, restart=restart)
+    train_on_ray(study, list(runs), np, backend, address=address, restart=restart, min_np=min_np)
     return 0
+
+
+def _check_elastic(study, runs: Sequence[str], np: int, min_np, backend: str) -> None:
+    """RunnerError for a ``min_np`` an elastic job of up to ``np`` workers cannot use."""
+    if not isinstance(min_np, int) or isinstance(min_np, bool) or not 1 <= min_np <= np:
+        raise RunnerError(f"min_np: the fewest workers of an elastic job must be an integer from 1 to np={np} (got {min_np!r})")
+    if backend != "horovod":
+        raise RunnerError(f"min_np: elastic training (--min-np) needs the horovod backend (got backend {backend!r})")
+    v = int(getattr(study.data, "virtual_ranks", 1) or 1)
+    bad = [w for w in range(min_np, np + 1) if v > 1 and v % w]
+    if bad:
+        raise RunnerError(
+            f"min_np: an elastic job may go on with any of {min_np} to {np} workers, but data.virtual_ranks {v} is "
+            f"not a multiple of {', '.join(map(str, bad))}; raise --min-np or set data.virtual_ranks to a multiple of "
+            f"every size from {min_np} to {np}"
+        )
+    for run in runs:
+        cfg = study.run(run)  # ConfigError naming an unknown run
+        if min_np < np and cfg.lr_scaling != "none":
+            raise RunnerError(
+                f"min_np: run {run!r} has lr_scaling {cfg.lr_scaling!r}, which ties its batch and learning rate to "
+                "the number of workers, so it cannot resume on fewer; use lr_scaling 'none' or leave out --min-np"
+            )

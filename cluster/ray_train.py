@@ -4,8 +4,9 @@
 each, and one GPU each where the cluster has GPUs), and runs the same training loop as a
 local launch in every actor: :func:`jetscan.jobs.train.train` for each run, with the rank
 and size of the actor's backend. The first worker that fails (an exception, or its process
-killed) ends the job: the other workers are stopped and one RunnerError says what happened;
-rank 0 checkpoints every epoch, so the same command run again resumes from the last one.
+killed) ends the job (unless it is elastic, below): the other workers are stopped and one
+RunnerError says what happened; rank 0 checkpoints every epoch, so the same command run
+again resumes from the last one.
 
 What the cluster must provide: the study object itself travels to the actors, but each
 worker reads its part of the training split from the study's store and rank 0 writes the
@@ -27,24 +28,39 @@ Backends:
   own storage for results), where the actors here start in a few seconds; the process
   group needs only the five variables above.
 
-Not elastic: horovod 0.28.1's elastic Ray executor (``RayExecutor(min_workers=...)``) runs
-with ray 2.60 (it needs ``nics`` in its settings, else it waits for a second host), but it
-blacklists the whole host of a failed worker, so on one node the loss of any worker still
-ends the job; a re-run resumes from the last checkpoint instead.
+Elastic (``--min-np M``, horovod backend only): ``RayExecutor(min_workers=M, max_workers=N)``
+runs Horovod's elastic driver on the cluster. The workers train inside ``hvd.elastic.run``:
+when a worker dies, its peers' next collective fails (``HorovodInternalError``), Horovod
+re-forms the ring of the surviving workers, and each calls :func:`train` again, which
+resumes every run from the last checkpoint in the store on the new world size (the epoch in
+progress is lost; the data order is the same when every size from M to N divides
+``data.virtual_ranks``, which :func:`jetscan.cluster.launch.launch_ray` checks). After each
+epoch's checkpoint the workers check for new hosts (``State.commit``), so workers added to
+the cluster join at an epoch boundary, up to N (not tested here). With fewer than M
+workers left, Horovod waits up to ``ELASTIC_TIMEOUT_S`` for more, then the job fails. Horovod's driver blacklists the whole *host* of a failed
+worker (its other workers are stopped too), so a job survives losing a node (or a worker,
+with the rest of its node) as long as M workers are left on the others; on a one-node
+cluster the loss of any worker still ends it. Horovod picks the network interfaces for
+gloo by probing from every host, which needs two nodes when the job starts: set
+``JETSCAN_HOROVOD_NICS`` (comma-separated interface names, e.g. ``eth0``; ``lo`` where all
+"nodes" are addresses of one machine, as in the tests) to name them instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
 
 from jetscan.core.errors import RunnerError
 
-__all__ = ["train_on_ray", "train_runs"]
+__all__ = ["train_on_ray", "train_runs", "elastic_train_runs"]
 
 PLACEMENT_TIMEOUT_S = 100  # waiting for np free CPU (GPU) slots on the cluster
 CPUS_PER_WORKER = 1
+ELASTIC_TIMEOUT_S = 120  # elastic: waiting for at least min_np worker slots (at start, after a loss)
+NICS_ENV = "JETSCAN_HOROVOD_NICS"  # elastic: the network interfaces for gloo (else Horovod probes them)
 
 
 def train_runs(study, runs: list[str], restart: bool, backend: str, threads: int) -> list[dict]:
@@ -57,14 +73,21 @@ def train_runs(study, runs: list[str], restart: bool, backend: str, threads: int
     return [train(study, run, restart=restart, backend=backend) for run in runs]
 
 
-def train_on_ray(study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False) -> list[dict]:
+def train_on_ray(
+    study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False, min_np: int | None = None
+) -> list[dict]:
     """Train ``runs`` of ``study`` on ``np`` workers of the Ray cluster at ``address``; the
-    summaries of rank 0. Arguments are checked by :func:`jetscan.cluster.launch.launch_ray`."""
+    summaries of rank 0. With ``min_np`` (horovod only), an elastic job of ``min_np`` to ``np``
+    workers that goes on while at least ``min_np`` are alive. Arguments are checked by
+    :func:`jetscan.cluster.launch.launch_ray`."""
     import ray
 
     started = _connect(address)
     try:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        if min_np is not None:
+            job = f"elastic horovod job of {min_np} to {np} workers on the Ray cluster at {address}"
+            return _horovod_elastic(study, runs, np, min_np, restart, use_gpu, job)
         job = f"{backend} job of {np} workers on the Ray cluster at {address}"
         if backend == "horovod":
             return _horovod(study, runs, np, restart, use_gpu, job)
@@ -122,6 +145,117 @@ def _horovod(study, runs, np, restart, use_gpu, job) -> list[dict]:
         return _gather(refs, job)[0]
     finally:
         executor.shutdown()  # removes the placement group, which ends its actors
+
+
+def elastic_train_runs(study, runs: list[str], restart: bool, threads: int) -> list[dict]:
+    """One elastic Horovod worker's job (runs in the actor): :func:`train_runs` inside
+    ``hvd.elastic.run``. After a reset (a worker lost, or hosts added) every run is trained
+    again by :func:`train`, which returns a finished run's summary and resumes the others
+    from their last checkpoint; ``restart`` applies only to runs not checkpointed yet in
+    this job (``state.started``, kept and broadcast to new workers by Horovod)."""
+    import horovod.torch as hvd
+    import torch
+    from horovod.common.elastic import ObjectState
+
+    from jetscan.jobs.train import train
+
+    torch.set_num_threads(threads)
+    hvd.init()
+    state = ObjectState(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, started=0)
+
+    @hvd.elastic.run
+    def job(state) -> list[dict]:
+        summaries = []
+        for i, run in enumerate(runs):
+
+            def checkpointed(_epoch: dict, i=i) -> None:
+                # every rank, after rank 0 wrote the epoch's checkpoint: remember that run i
+                # resumes from here, and re-form the ring now if hosts were added or removed
+                state.started = max(state.started, i + 1)
+                state.commit()
+
+            fresh = restart and i >= state.started
+            summaries.append(train(study, run, restart=fresh, backend="horovod", on_epoch=checkpointed))
+            state.started = max(state.started, i + 1)  # finished (a PCA fit has no epochs)
+            state.commit()
+        return summaries
+
+    return job(state)
+
+
+class _ErrorLog(logging.Handler):
+    """The first worker error Horovod's elastic Ray driver logs (it raises a generic one)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if self.first is None and "]:" in msg.split("\n", 1)[0]:  # "HOST[RANK]:error"
+            self.first = msg
+
+
+def _elastic_nics() -> set[str] | None:
+    value = os.environ.get(NICS_ENV, "")
+    nics = {n.strip() for n in value.split(",") if n.strip()}
+    return nics or None
+
+
+def _horovod_elastic(study, runs, np, min_np, restart, use_gpu, job) -> list[dict]:
+    import ray
+    from horovod.ray import RayExecutor
+
+    nics = _elastic_nics()
+    nodes = [n for n in ray.nodes() if n["alive"] and n["Resources"].get("CPU", 0) >= CPUS_PER_WORKER]
+    if nics is None and len(nodes) < 2:
+        raise RunnerError(
+            f"{job}: Horovod finds the network interfaces for an elastic job by probing between nodes, and the "
+            f"cluster has {len(nodes)} node(s) with CPUs; start the job on 2 nodes or more, or name the "
+            f"interfaces in {NICS_ENV} (e.g. {NICS_ENV}=eth0)"
+        )
+    settings = RayExecutor.create_settings(timeout_s=60, placement_group_timeout_s=PLACEMENT_TIMEOUT_S, nics=nics)
+    executor = RayExecutor(
+        settings, min_workers=min_np, max_workers=np, cpus_per_worker=CPUS_PER_WORKER, use_gpu=use_gpu,
+        gpus_per_worker=1 if use_gpu else None, elastic_timeout=ELASTIC_TIMEOUT_S,
+    )
+    errors = _ErrorLog()
+    log = logging.getLogger("horovod.ray.elastic_v2")
+    log.addHandler(errors)
+    try:
+        try:
+            executor.start()
+        except Exception as exc:  # noqa: BLE001 - horovod's TimeoutException, RuntimeError
+            raise RunnerError(
+                f"{job}: Horovod's elastic driver did not start ({_one_line(exc)}); "
+                f"it needs {min_np} free worker slot(s) within {ELASTIC_TIMEOUT_S} s"
+            ) from None
+        try:
+            results = executor.run(elastic_train_runs, args=[study, runs, restart, CPUS_PER_WORKER])
+        except Exception as exc:  # noqa: BLE001 - RuntimeError from the driver, RayError
+            cause = _last_line(errors.first) if errors.first else _one_line(exc)
+            raise RunnerError(
+                f"{job}: fewer than {min_np} worker(s) could go on ({cause}); "
+                "the run resumes from its last checkpoint: re-run the same command"
+            ) from None
+        if not results:
+            raise RunnerError(f"{job}: no worker finished; the run resumes from its last checkpoint: re-run the same command")
+        return results[0]
+    finally:
+        log.removeHandler(errors)
+        driver = getattr(getattr(executor, "adapter", None), "driver", None)
+        try:
+            if driver is not None and not driver.finished():
+                driver.stop()  # a failed start: stop the driver's discovery thread
+            executor.shutdown()
+        except Exception:  # noqa: BLE001 - shutdown asserts a finished driver; nothing else to release
+            pass
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    head = lines[0].split("]:", 1)[0] + "]" if lines else ""
+    return f"{head}: {lines[-1]}" if len(lines) > 1 else (lines[0] if lines else "")
 
 
 class _DDPWorker:

@@ -3,7 +3,7 @@
     jetscan run STUDY.yaml         the whole study on local defaults (today: generation)
     jetscan generate STUDY.yaml    [--address HOST:PORT] [--workers N] [--sample NAME ...]
     jetscan preprocess STUDY.yaml  [--address HOST:PORT] [--workers N] [--representation NAME ...]
-    jetscan train STUDY.yaml --model RUN [--restart] [--np N] [--backend horovod|ddp] [--address HOST:PORT]
+    jetscan train STUDY.yaml --model RUN [--restart] [--np N] [--backend horovod|ddp] [--address HOST:PORT [--min-np M]]
     jetscan evaluate STUDY.yaml    [--model RUN ...] [--report DIR]
     jetscan info STORE             samples, jet counts, stored inputs and the shard catalog
 """
@@ -150,13 +150,21 @@ def train_cmd(
         None, "--backend", help="horovod (the default: horovodrun / RayExecutor, gloo) or ddp (torch.distributed)"
     ),
     address: Optional[str] = typer.Option(None, "--address", help="run the workers as actors on the Ray cluster at HOST:PORT"),
+    min_np: Optional[int] = typer.Option(
+        None, "--min-np", metavar="M", help="elastic Horovod on Ray: keep training while at least M workers are alive"
+    ),
 ) -> None:
     """Train runs of the study (resuming from their last checkpoint); --np N runs N workers.
 
     Inside a launcher (horovodrun, torchrun, or a Slurm srun step) each process is one worker
-    and takes its rank and size from the launcher's environment."""
+    and takes its rank and size from the launcher's environment. With --address, --min-np M
+    makes the job elastic: it goes on while M of the N workers are alive, each loss resuming
+    from the last checkpoint (horovod backend)."""
     from jetscan.cluster.distributed import inside_launcher
+    from jetscan.core.errors import RunnerError
 
+    if min_np is not None and address is None:
+        raise RunnerError("--min-np: elastic training runs on a Ray cluster only; pass --address HOST:PORT too")
     study = _study(study_path)
     for run in model:
         study.run(run)  # every name is checked before any worker starts
@@ -169,8 +177,9 @@ def train_cmd(
     if address is not None:
         from jetscan.cluster.launch import launch_ray
 
-        launch_ray(study, list(model), np_, backend or "horovod", address=address, restart=restart)
-        console.print(f"trained {', '.join(model)} on {np_} {backend or 'horovod'} workers of the Ray cluster at {address}")
+        launch_ray(study, list(model), np_, backend or "horovod", address=address, restart=restart, min_np=min_np)
+        workers = f"{np_}" if min_np is None else f"up to {np_} elastic"
+        console.print(f"trained {', '.join(model)} on {workers} {backend or 'horovod'} workers of the Ray cluster at {address}")
         return
     if np_ == 1:
         _train(study, model, restart)
