@@ -265,3 +265,106 @@ def slurm_cluster():
     finally:
         cluster.stop()
         _shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------- local Ray clusters
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "HOROVOD_RANK", "HOROVOD_SIZE", "RAY_ADDRESS")
+
+
+def ray_env(**extra) -> dict:
+    """The environment of a test's Ray nodes and CLI: no launcher ranks, no token auth (``ray
+    start`` turns it on when ``~/.ray/auth_token`` exists), wide console lines, ``extra``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", COLUMNS="500", **extra)
+    return env
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on 127.0.0.1 right now."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(name="ray_env", scope="session")
+def ray_env_fixture():
+    return ray_env
+
+
+@pytest.fixture(name="free_ports", scope="session")
+def free_ports_fixture():
+    return free_ports
+
+
+@pytest.fixture(scope="module")
+def start_ray_node():
+    """``start(num_cpus, head_address=None, node_ip=None)``: one ``ray start --block`` node in
+    its own session, temp dir and ports (a head when ``head_address`` is None); returns
+    ``(address of the head, the node's process)``. Every node is stopped at the module's end
+    by its process group, never by ``ray stop`` (which would stop every Ray on the machine)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="jsray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    procs = []
+
+    def start(num_cpus: int, head_address: str | None = None, node_ip: str | None = None):
+        p = free_ports(10)
+        agents = [
+            "--dashboard-agent-listen-port", str(p[0]), "--dashboard-agent-grpc-port", str(p[1]),
+            "--runtime-env-agent-port", str(p[2]), "--metrics-export-port", str(p[3]),
+        ]
+        if head_address is None:
+            cmd = ["--head", "--port", str(p[4]), "--temp-dir", temp, "--include-dashboard", "false",
+                   "--dashboard-port", str(p[5]), "--ray-client-server-port", str(p[6])]
+            address = f"127.0.0.1:{p[4]}"
+        else:
+            cmd = ["--address", head_address, "--node-manager-port", str(p[7]), "--object-manager-port", str(p[8])]
+            address = head_address
+        if node_ip:
+            cmd += ["--node-ip-address", node_ip]
+        log = os.path.join(temp, f"node{len(procs)}.log")
+        proc = subprocess.Popen(
+            [ray_cli, "start", "--block", "--num-cpus", str(num_cpus), "--num-gpus", "0", "--disable-usage-stats",
+             *cmd, *agents],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True,
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in open(log).read():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start {' '.join(cmd)} failed:\n{open(log).read()[-3000:]}")
+            time.sleep(0.5)
+        return address, proc
+
+    yield start
+    # SIGTERM lets ray start stop its processes; what is left after a few seconds (the GCS
+    # often is) is killed; the workers (own process groups) exit with their raylet
+    for proc in reversed(procs):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    import shutil
+
+    shutil.rmtree(temp, ignore_errors=True)

@@ -13,12 +13,10 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -26,85 +24,16 @@ import pytest
 from jetscan.cluster.launch import launch_ray
 from jetscan.core.errors import RunnerError
 
-_CLEAN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "HOROVOD_RANK", "HOROVOD_SIZE", "RAY_ADDRESS")
 SECOND_HOST = "127.0.0.2"
 EPOCHS = 30
 
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", COLUMNS="500", **extra)
-    return env
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _wait_started(log_path: str, proc: subprocess.Popen, what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while "Ray runtime started" not in open(log_path).read():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what} failed:\n{open(log_path).read()[-3000:]}")
-        time.sleep(0.5)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 @pytest.fixture(scope="module")
-def two_hosts():
-    """(``HOST:PORT`` of the head, the ``ray start`` process of the node at 127.0.0.2)."""
-    pytest.importorskip("ray")
-    temp = tempfile.mkdtemp(prefix="jsel", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    p = _free_ports(13)
-    procs = []
-    try:
-        log = os.path.join(temp, "head.log")
-        procs.append(subprocess.Popen(
-            [ray_cli, "start", "--head", "--block", "--port", str(p[0]), "--num-cpus", "1", "--num-gpus", "0",
-             "--temp-dir", temp, "--include-dashboard", "false", "--dashboard-port", str(p[1]),
-             "--ray-client-server-port", str(p[2]), "--dashboard-agent-listen-port", str(p[3]),
-             "--dashboard-agent-grpc-port", str(p[4]), "--runtime-env-agent-port", str(p[5]),
-             "--metrics-export-port", str(p[6]), "--disable-usage-stats"],
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
-        ))
-        _wait_started(log, procs[0], "ray start --head")
-        # the second node: its own address and ports (both raylets run on this machine)
-        log2 = os.path.join(temp, "node2.log")
-        procs.append(subprocess.Popen(
-            [ray_cli, "start", "--block", "--address", f"127.0.0.1:{p[0]}", "--node-ip-address", SECOND_HOST,
-             "--num-cpus", "1", "--num-gpus", "0", "--dashboard-agent-listen-port", str(p[7]),
-             "--dashboard-agent-grpc-port", str(p[8]), "--runtime-env-agent-port", str(p[9]),
-             "--node-manager-port", str(p[10]), "--object-manager-port", str(p[11]),
-             "--metrics-export-port", str(p[12]), "--disable-usage-stats"],
-            stdout=open(log2, "w"), stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
-        ))
-        _wait_started(log2, procs[1], f"ray start --node-ip-address {SECOND_HOST}")
-        yield f"127.0.0.1:{p[0]}", procs[1]
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        shutil.rmtree(temp, ignore_errors=True)
+def two_hosts(start_ray_node):
+    """(``HOST:PORT`` of a 1-CPU head, the ``ray start`` process of a 1-CPU node at 127.0.0.2)."""
+    address, _ = start_ray_node(1)  # --node-ip-address 127.0.0.1 would still register the machine's address
+    _, second = start_ray_node(1, head_address=address, node_ip=SECOND_HOST)
+    return address, second
 
 
 def _horovod_worker(node: subprocess.Popen):
@@ -143,7 +72,7 @@ def _checkpoint(store: str) -> dict | None:
 @pytest.mark.ray
 @pytest.mark.pythia
 @pytest.mark.horovod
-def test_an_elastic_job_survives_losing_a_worker(study, with_runs, tmp_path, two_hosts):
+def test_an_elastic_job_survives_losing_a_worker(study, with_runs, tmp_path, two_hosts, ray_env):
     pytest.importorskip("horovod.torch")
     pytest.importorskip("psutil")
     address, second = two_hosts
@@ -154,7 +83,7 @@ def test_an_elastic_job_survives_losing_a_worker(study, with_runs, tmp_path, two
            "--np", "2", "--min-np", "1", "--address", address]
     out_path = tmp_path / "cli.out"
     with open(out_path, "w") as out:
-        cli = subprocess.Popen(cmd, env=_env(JETSCAN_HOROVOD_NICS="lo"), stdout=out, stderr=subprocess.STDOUT)
+        cli = subprocess.Popen(cmd, env=ray_env(JETSCAN_HOROVOD_NICS="lo"), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 150
         first = None
@@ -187,7 +116,7 @@ def test_an_elastic_job_survives_losing_a_worker(study, with_runs, tmp_path, two
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.horovod
-def test_an_elastic_job_whose_workers_all_fail_ends_with_one_clear_error(tmp_path, make_study, with_runs, two_hosts):
+def test_an_elastic_job_whose_workers_all_fail_ends_with_one_clear_error(tmp_path, make_study, with_runs, two_hosts, ray_env):
     pytest.importorskip("horovod.torch")
     address, _ = two_hosts
     # the store does not exist: every worker fails reading its data, and no host is left
@@ -197,7 +126,7 @@ def test_an_elastic_job_whose_workers_all_fail_ends_with_one_clear_error(tmp_pat
     yaml_path.write_text(study.to_yaml())
     cmd = [sys.executable, "-m", "jetscan.jobs.cli", "train", str(yaml_path), "--model", "dense",
            "--np", "2", "--min-np", "1", "--address", address]
-    done = subprocess.run(cmd, env=_env(JETSCAN_HOROVOD_NICS="lo"), capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(cmd, env=ray_env(JETSCAN_HOROVOD_NICS="lo"), capture_output=True, text=True, timeout=240, check=False)
     out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, out[-4000:]
     assert f"elastic horovod job of 1 to 2 workers on the Ray cluster at {address}: fewer than 1 worker(s) could go on (" in out
@@ -225,11 +154,11 @@ def test_bad_min_np_fails_before_any_work(tmp_path, make_study, with_runs):
         launch_ray(scaled, ["dense"], 2, "horovod", address="127.0.0.1:1", min_np=1)
 
 
-def test_min_np_without_address_is_a_clear_cli_error(tmp_path, make_study, with_runs):
+def test_min_np_without_address_is_a_clear_cli_error(tmp_path, make_study, with_runs, ray_env):
     yaml_path = tmp_path / "study.yaml"
     yaml_path.write_text(_small(make_study, with_runs, tmp_path / "s.zarr").to_yaml())
     cmd = [sys.executable, "-m", "jetscan.jobs.cli", "train", str(yaml_path), "--model", "dense", "--np", "2", "--min-np", "1"]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=120, check=False)
     out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, out[-4000:]
     assert "--min-np: elastic training runs on a Ray cluster only; pass --address HOST:PORT too" in out

@@ -1,7 +1,8 @@
 """Training as actors of an existing Ray cluster: ``jetscan train ... --np N --address HOST:PORT``.
 
-- a local Ray cluster (``ray start --head --block`` in a subprocess, its own temp dir and
-  ports, stopped in teardown) stands in for the user's; the real CLI runs in a subprocess;
+- a local Ray cluster (``start_ray_node``, tests/cluster/conftest.py: ``ray start --head
+  --block`` in a subprocess, its own temp dir and ports, stopped in teardown) stands in for
+  the user's; the real CLI runs in a subprocess;
 - 2 Horovod workers (``horovod.ray.RayExecutor``) and 2 torch.distributed workers reach the
   weights of 1 worker with the same global batch and seed;
 - a failing worker ends the job with one error that says re-running resumes;
@@ -10,13 +11,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -24,63 +20,11 @@ import pytest
 from jetscan.cluster.launch import launch_ray
 from jetscan.core.errors import ConfigError, RunnerError
 
-_CLEAN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "HOROVOD_RANK", "HOROVOD_SIZE", "RAY_ADDRESS")
-
-
-def _env() -> dict:
-    """The environment of the cluster and of the CLI: no launcher ranks, no token auth
-    (``ray start`` turns it on when ``~/.ray/auth_token`` exists), wide console lines."""
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", COLUMNS="500")
-    return env
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(start_ray_node):
     """``127.0.0.1:PORT`` of a 2-CPU Ray head started for this module."""
-    pytest.importorskip("ray")
-    temp = tempfile.mkdtemp(prefix="jsray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    port, dash, client, agent = _free_ports(4)
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    log = open(os.path.join(temp, "head.log"), "w+")
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
-         "--temp-dir", temp, "--include-dashboard", "false", "--dashboard-port", str(dash),
-         "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent), "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in open(log.name).read():
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start --head failed:\n{open(log.name).read()[-3000:]}")
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        # SIGTERM lets ray start stop its processes; what is left after a few seconds (the
-        # GCS often is) is killed; the workers (own process groups) exit with their raylet
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        head.wait()
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+    address, _ = start_ray_node(2)
+    return address
 
 
 def _dense_only(make_study, with_runs, store):
@@ -89,17 +33,17 @@ def _dense_only(make_study, with_runs, store):
     return with_runs(make_study(store), runs={"dense": run})
 
 
-def _cli_train(yaml_path: str, runs: list[str], *, np: int, backend: str, address: str, timeout: float = 300):
+def _cli_train(yaml_path: str, runs: list[str], *, np: int, backend: str, address: str, env: dict, timeout: float = 300):
     cmd = [sys.executable, "-m", "jetscan.jobs.cli", "train", yaml_path]
     for run in runs:
         cmd += ["--model", run]
     cmd += ["--np", str(np), "--backend", backend, "--address", address]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _trains_on(address: str, backend: str):
+def _trains_on(address: str, backend: str, env: dict):
     def launch(yaml_path: str, runs: list[str]) -> None:
-        done = _cli_train(yaml_path, runs, np=2, backend=backend, address=address)
+        done = _cli_train(yaml_path, runs, np=2, backend=backend, address=address, env=env)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
     return launch
@@ -110,26 +54,26 @@ def _trains_on(address: str, backend: str):
 @pytest.mark.ray
 @pytest.mark.pythia
 @pytest.mark.horovod
-def test_two_horovod_actors_reach_the_one_worker_weights(study, tmp_path, ray_head, two_workers_equal_one):
+def test_two_horovod_actors_reach_the_one_worker_weights(study, tmp_path, ray_head, ray_env, two_workers_equal_one):
     pytest.importorskip("horovod.torch")
-    two_workers_equal_one(study, tmp_path, "dense", _trains_on(ray_head, "horovod"))
+    two_workers_equal_one(study, tmp_path, "dense", _trains_on(ray_head, "horovod", ray_env()))
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.pythia
-def test_two_ddp_actors_reach_the_one_worker_weights(study, tmp_path, ray_head, two_workers_equal_one):
-    two_workers_equal_one(study, tmp_path, "dense", _trains_on(ray_head, "ddp"))
+def test_two_ddp_actors_reach_the_one_worker_weights(study, tmp_path, ray_head, ray_env, two_workers_equal_one):
+    two_workers_equal_one(study, tmp_path, "dense", _trains_on(ray_head, "ddp", ray_env()))
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_failing_worker_ends_the_job_with_one_clear_error(tmp_path, make_study, with_runs, ray_head):
+def test_a_failing_worker_ends_the_job_with_one_clear_error(tmp_path, make_study, with_runs, ray_head, ray_env):
     # the store does not exist: every worker fails reading its data
     study = _dense_only(make_study, with_runs, tmp_path / "missing.zarr")
     yaml_path = tmp_path / "study.yaml"
     yaml_path.write_text(study.to_yaml())
-    done = _cli_train(str(yaml_path), ["dense"], np=2, backend="ddp", address=ray_head, timeout=180)
+    done = _cli_train(str(yaml_path), ["dense"], np=2, backend="ddp", address=ray_head, env=ray_env(), timeout=180)
     out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, out[-4000:]
     assert f"ddp job of 2 workers on the Ray cluster at {ray_head}: a worker failed (" in out
@@ -137,12 +81,12 @@ def test_a_failing_worker_ends_the_job_with_one_clear_error(tmp_path, make_study
 
 
 # ---------------------------------------------------------------------------- errors
-def test_unreachable_address_is_a_fast_clear_error(tmp_path, make_study, with_runs):
+def test_unreachable_address_is_a_fast_clear_error(tmp_path, make_study, with_runs, ray_env, free_ports):
     yaml_path = tmp_path / "study.yaml"
     yaml_path.write_text(_dense_only(make_study, with_runs, tmp_path / "s.zarr").to_yaml())
-    (closed,) = _free_ports(1)
+    (closed,) = free_ports(1)
     t0 = time.monotonic()
-    done = _cli_train(str(yaml_path), ["dense"], np=2, backend="ddp", address=f"127.0.0.1:{closed}", timeout=60)
+    done = _cli_train(str(yaml_path), ["dense"], np=2, backend="ddp", address=f"127.0.0.1:{closed}", env=ray_env(), timeout=60)
     out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, out[-4000:]
     assert f"--address '127.0.0.1:{closed}': cannot reach a Ray head there" in out
