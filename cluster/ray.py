@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from jetscan.core.errors import RunnerError
 
-__all__ = ["run_actors", "run_tasks", "ensure_ray", "check_address"]
+__all__ = ["run_actors", "run_tasks", "ensure_ray", "check_address", "error_line"]
 
 
 def check_address(address: str) -> None:
@@ -42,14 +42,26 @@ def check_address(address: str) -> None:
 
 
 def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start (or join) Ray unless it is already up; returns True if this call started it."""
+    """Start (or join) Ray unless it is already up; returns True if this call started it.
+
+    A RunnerError when ``address`` names another cluster than the one this process is joined
+    to, or when joining fails (with a hint when the cluster wants token authentication)."""
     import ray
 
     if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        if address and address != "auto" and joined.rpartition(":")[2] != address.rpartition(":")[2]:
+            raise RunnerError(
+                f"--address {address!r}: this process is already connected to the Ray cluster at {joined}; "
+                "call ray.shutdown() first, or pass that address"
+            )
         return False
     if address:
         check_address(address)
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except Exception as exc:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ...
+            raise RunnerError(f"--address {address!r}: cannot join the Ray cluster there ({error_line(exc)}){_auth_hint(exc)}") from None
     else:
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
@@ -99,7 +111,7 @@ def _drive(submit: Callable[[Any, Any], Any], slots: list, tasks: Sequence[Any],
                 on_result(result)
         idle.append(slot)
     if failures:
-        lines = "\n".join(f"  {task}: {_first_line(exc)}" for task, exc in failures[:10])
+        lines = "\n".join(f"  {task}: {error_line(exc)}" for task, exc in failures[:10])
         raise RunnerError(
             f"{len(failures)} of {len(tasks)} tasks failed ({len(results)} committed and kept; "
             f"re-run the same command to retry the rest):\n{lines}"
@@ -155,8 +167,21 @@ def run_tasks(
         return _drive(lambda _s, t: remote_fn.remote(t), slots, tasks, on_result, lambda s: s)
 
 
-def _first_line(exc: BaseException) -> str:
-    """The root cause of a Ray task error, in one line."""
+def error_line(exc: BaseException) -> str:
+    """The root cause of a (Ray) error in one line: its type and the last line of its text."""
     cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+
+
+def _auth_hint(exc: BaseException) -> str:
+    """A hint when joining failed on the cluster's token authentication, else ''."""
+    e = exc
+    while e is not None:
+        if "Authentication" in type(e).__name__:
+            return (
+                "; the cluster uses token authentication (a token in ~/.ray/auth_token when it started): "
+                "set RAY_AUTH_MODE=token and make its token available here (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+            )
+        e = e.__cause__
+    return ""

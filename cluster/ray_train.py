@@ -53,6 +53,7 @@ import os
 import socket
 from typing import Any
 
+from jetscan.cluster.ray import ensure_ray, error_line
 from jetscan.core.errors import RunnerError
 
 __all__ = ["train_on_ray", "train_runs", "elastic_train_runs"]
@@ -82,7 +83,7 @@ def train_on_ray(
     :func:`jetscan.cluster.launch.launch_ray`."""
     import ray
 
-    started = _connect(address)
+    started = ensure_ray(address, None)  # RunnerError saying why it cannot join
     try:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         if min_np is not None:
@@ -95,38 +96,6 @@ def train_on_ray(
     finally:
         if started:
             ray.shutdown()
-
-
-def _connect(address: str) -> bool:
-    """Join the cluster (True if this call connected); a RunnerError saying why it cannot."""
-    import ray
-
-    from jetscan.cluster.ray import ensure_ray
-
-    if ray.is_initialized():  # joined already (a notebook, a test): it must be that cluster
-        joined = ray.get_runtime_context().gcs_address
-        if address != "auto" and joined.rpartition(":")[2] != address.rpartition(":")[2]:
-            raise RunnerError(
-                f"--address {address!r}: this process is already connected to the Ray cluster at {joined}; "
-                "call ray.shutdown() first, or pass that address"
-            )
-        return False
-    try:
-        return ensure_ray(address, None)
-    except RunnerError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ...
-        causes, e = [], exc
-        while e is not None:
-            causes.append(e)
-            e = e.__cause__
-        hint = ""
-        if any("Authentication" in type(c).__name__ for c in causes):
-            hint = (
-                "; the cluster uses token authentication (a token in ~/.ray/auth_token when it started): "
-                "set RAY_AUTH_MODE=token and make its token available here (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-            )
-        raise RunnerError(f"--address {address!r}: cannot join the Ray cluster there ({_one_line(exc)}){hint}") from None
 
 
 def _horovod(study, runs, np, restart, use_gpu, job) -> list[dict]:
@@ -227,13 +196,13 @@ def _horovod_elastic(study, runs, np, min_np, restart, use_gpu, job) -> list[dic
             executor.start()
         except Exception as exc:  # noqa: BLE001 - horovod's TimeoutException, RuntimeError
             raise RunnerError(
-                f"{job}: Horovod's elastic driver did not start ({_one_line(exc)}); "
+                f"{job}: Horovod's elastic driver did not start ({error_line(exc)}); "
                 f"it needs {min_np} free worker slot(s) within {ELASTIC_TIMEOUT_S} s"
             ) from None
         try:
             results = executor.run(elastic_train_runs, args=[study, runs, restart, CPUS_PER_WORKER])
         except Exception as exc:  # noqa: BLE001 - RuntimeError from the driver, RayError
-            cause = _last_line(errors.first) if errors.first else _one_line(exc)
+            cause = _last_line(errors.first) if errors.first else error_line(exc)
             raise RunnerError(
                 f"{job}: fewer than {min_np} worker(s) could go on ({cause}); "
                 "the run resumes from its last checkpoint: re-run the same command"
@@ -339,7 +308,7 @@ def _gather(refs: list, job: str) -> list[Any]:
             _drain(pending)
             dead = isinstance(exc, ray.exceptions.RayActorError)
             raise RunnerError(
-                f"{job}: a worker {'died' if dead else 'failed'} ({_one_line(exc)}); the other workers were stopped. "
+                f"{job}: a worker {'died' if dead else 'failed'} ({error_line(exc)}); the other workers were stopped. "
                 "The run resumes from its last checkpoint: re-run the same command"
             ) from None
     return ray.get(refs)
@@ -368,8 +337,3 @@ def _no_room(np: int, use_gpu: bool, job: str) -> RunnerError:
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    """The root cause of a (Ray) error in one line."""
-    cause = getattr(exc, "cause", None) or exc
-    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"

@@ -301,7 +301,7 @@ def train(
     for opt in optimizers:  # the scaled rates (a resumed optimizer brings its own back)
         for group in opt.param_groups:
             group["target_lr"] = group["lr"] * factor
-            group["lr"] = warmup_lr(group["target_lr"], factor, 0.0, cfg.warmup_epochs)
+    _warm_up(optimizers, factor, 0.0, cfg.warmup_epochs)
 
     start_epoch, history, best = 0, {"epoch": [], "train_loss": [], "val_loss": []}, None
     if ckpt is not None and factor != 1.0 and ckpt.get("world_size", comm.size) != comm.size:
@@ -335,9 +335,7 @@ def train(
         steps = max(p.train_stream.steps_per_epoch(epoch) or 1, 1) if warming else 1
         for step, batch in enumerate(p.train_stream.iter_numpy(epoch=epoch)):
             if warming:  # per step: lr rises linearly to the scaled rate (Goyal et al. sec. 2.2)
-                for opt in optimizers:
-                    for group in opt.param_groups:
-                        group["lr"] = warmup_lr(group["target_lr"], factor, epoch + step / steps, cfg.warmup_epochs)
+                _warm_up(optimizers, factor, epoch + step / steps, cfg.warmup_epochs)
             b = {k: torch.from_numpy(v) for k, v in batch.items()}
             if adversary is not None:
                 labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
@@ -353,10 +351,8 @@ def train(
             n += len(batch["x"])
         train_loss = (comm.allreduce_mean(total) * comm.size) / max(comm.allreduce_mean(float(n)) * comm.size, 1.0)
         val_loss = _mean_loss(module, info, p.val_stream, device, comm, epoch)
-        if warming and epoch + 1 >= cfg.warmup_epochs:
-            for opt in optimizers:  # warm-up over: the scaled rates from here on
-                for group in opt.param_groups:
-                    group["lr"] = group["target_lr"]
+        if warming:  # the rate at the epoch's end: the scaled one once the warm-up is over
+            _warm_up(optimizers, factor, epoch + 1, cfg.warmup_epochs)
         if scheduler is not None and epoch + 1 >= cfg.warmup_epochs:  # plateau annealing after the warm-up
             scheduler.step(val_loss)
         history["epoch"].append(epoch)
@@ -392,6 +388,14 @@ def train(
             return {"run": run, "stopped_after_epoch": epoch}
     module.load_state_dict(best["state"])
     return _finish(study, p, module, history, best_epoch=best["epoch"], seconds=time.perf_counter() - t0, comm=comm)
+
+
+def _warm_up(optimizers: list, factor: float, progress_epochs: float, warmup_epochs: float) -> None:
+    """Set every parameter group's rate for ``progress_epochs`` of training (its ``target_lr``
+    is the scaled rate, reached at ``warmup_epochs``)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = warmup_lr(group["target_lr"], factor, progress_epochs, warmup_epochs)
 
 
 def _finish(study: Study, p: Prepared, module, history: dict, *, best_epoch: int, seconds: float, comm: Comm) -> dict:

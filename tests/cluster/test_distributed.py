@@ -134,7 +134,6 @@ def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_
     with a clear error, and the same command resumes it to the weights of an uninterrupted run."""
     if backend == "horovod":
         pytest.importorskip("horovod.torch")
-    import os
     import shutil
     import signal
     import threading
@@ -167,9 +166,9 @@ def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_
     while time.time() < deadline and thread.is_alive() and not blobs.exists(killed.store, checkpoint_path("dense")):
         time.sleep(0.02)
     rank_key = "HOROVOD_RANK" if backend == "horovod" else "RANK"
-    victims = [pid for pid in _workers(str(yaml_path)) if _env(pid).get(rank_key) == "1"]
-    assert victims, "no rank-1 worker found"
-    os.kill(victims[0], signal.SIGKILL)
+    victim = _worker(str(yaml_path), rank_key)
+    assert victim is not None, "no rank-1 worker found"
+    victim.send_signal(signal.SIGKILL)
     thread.join(240)
     assert len(errors) == 1 and "re-run the same command" in str(errors[0])
     ckpt = torch.load(Path(killed.store) / checkpoint_path("dense"), weights_only=False)
@@ -182,28 +181,18 @@ def test_a_killed_worker_ends_the_job_and_the_run_resumes(study, tmp_path, with_
     np.testing.assert_allclose(got["history"]["val_loss"], want["history"]["val_loss"], rtol=1e-4)
 
 
-def _workers(needle: str) -> list[int]:
-    """Pids of the training workers whose command line names ``needle`` (not the launcher)."""
-    from pathlib import Path
+def _worker(needle: str, rank_key: str):
+    """The rank-1 training worker whose command line names ``needle`` (not its launcher)."""
+    import psutil
 
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if needle.encode() in cmd and b"jetscan.jobs.cli" in cmd:
-                pids.append(int(proc.name))
-    return pids
-
-
-def _env(pid: int) -> dict:
-    try:
-        raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    except OSError:
-        return {}
-    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+    for proc in psutil.process_iter():
+        try:
+            cmd = proc.cmdline()
+            if needle in cmd and "jetscan.jobs.cli" in cmd and proc.environ().get(rank_key) == "1":
+                return proc
+        except psutil.Error:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------------------- errors
