@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jetscan.core.errors import ConfigError
 from jetscan.core.processes import PROCESSES
+from jetscan.core.search_space import SearchConfig, check_search
 
 __all__ = [
     "REPRESENTATION_PRESETS",
@@ -354,6 +355,7 @@ class Study(_Frozen):
     preprocess: PreprocessConfig = PreprocessConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    search: dict[str, SearchConfig] = Field(default_factory=dict, description="jetscan search STUDY NAME")
 
     @field_validator("samples")
     @classmethod
@@ -375,11 +377,13 @@ class Study(_Frozen):
                 f"data.contamination.signal: no sample named {c.signal!r}; samples: {', '.join(self.samples)}"
             )
         for name, run in self.train.runs.items():
-            for s in run.samples:
-                if s not in self.samples:
-                    raise ValueError(
-                        f"train.runs.{name}.samples: no sample named {s!r}; samples: {', '.join(self.samples)}"
-                    )
+            missing = [s for s in run.samples if s not in self.samples]
+            if missing:
+                raise ValueError(
+                    f"train.runs.{name}.samples: run {name!r} trains on {', '.join(map(repr, missing))}, which the "
+                    f"study does not define; its samples are {', '.join(self.samples)} (fix the name, or add the "
+                    "sample under samples:)"
+                )
             if run.representation is not None and run.representation not in self.preprocess.representations:
                 raise ValueError(
                     f"train.runs.{name}.representation: {run.representation!r} is not in "
@@ -387,6 +391,14 @@ class Study(_Frozen):
                 )
             if run.contaminated and c is None:
                 raise ValueError(f"train.runs.{name}.contaminated: needs data.contamination (signal, fraction)")
+        return self
+
+    @model_validator(mode="after")
+    def _searches(self) -> Study:
+        for name, search in self.search.items():
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"search name {name!r} must start with a letter (letters, digits, '_', '-')")
+            check_search(name, search, self.train.runs, self.samples)
         return self
 
     def run(self, name: str) -> RunConfig:
@@ -422,9 +434,10 @@ class Study(_Frozen):
         if not path.is_file():
             raise ConfigError(f"study file {str(path)!r} does not exist: pass the path of a study YAML file")
         try:
-            data = yaml.safe_load(path.read_text())
+            with path.open("rb") as stream:  # a file stream: PyYAML's messages name the file
+                data = yaml.safe_load(stream)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(_yaml_error(path, exc)) from None
         study = cls.from_dict(data, source=str(path))
         store = study.store
         if "://" not in store and not Path(store).is_absolute():
@@ -453,6 +466,19 @@ class Study(_Frozen):
             "generation": self.generation.model_dump(mode="json"),
             "sample": {"name": sample, **self.sample(sample).model_dump(mode="json")},
         }
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """``studies/x.yaml, line 3, column 5: not valid YAML: <problem> (<context>, line L, column C)``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:  # e.g. a byte that is not UTF-8: PyYAML names the file itself
+        return f"{path}: not valid YAML: {exc}"
+    text = f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f", line {where.line + 1}, column {where.column + 1})" if where else ")")
+    return text
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -492,6 +518,8 @@ def config_error_from(exc: ValidationError, model: type[BaseModel], *, source: s
         elif err["type"] == "missing":
             hint = f" (presets: {', '.join(REPRESENTATION_PRESETS)})" if loc[-1] == "preset" else ""
             lines.append(f"{key}: required key is missing{hint}")
+        elif not loc:  # a cross-reference check: its message names the key; the input is the whole study
+            lines.append(msg)
         else:
             lines.append(f"{key}: {msg} (got {err.get('input')!r})")
     return ConfigError(f"{source}: invalid study\n  " + "\n  ".join(lines))
