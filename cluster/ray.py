@@ -10,6 +10,7 @@ re-run retries only the missing ones.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -64,8 +65,37 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
             raise RunnerError(f"--address {address!r}: cannot join the Ray cluster there ({error_line(exc)}){_auth_hint(exc)}") from None
     else:
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # Quiet logs: Ray's INFO lines ("Started a local Ray instance.") are left out; its
+        # warnings and errors, and everything the workers print (log_to_driver), still show.
+        with _without_token_auth_notice():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     return True
+
+
+_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_TOKEN_AUTH_NOTICE)
+
+
+@contextmanager
+def _without_token_auth_notice():
+    """Drop the one notice a new local Ray instance logs on every run ("Token authentication
+    is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."): it reports
+    Ray's default, not a problem, and the protection stays on. Only that message is filtered,
+    only during this ray.init; every other record of that logger (e.g. auth being *disabled*)
+    passes. Setting RAY_AUTH_MODE=token instead would also silence it, but only when set
+    before Ray is first imported (Ray caches its config at import), so it is not done here.
+    """
+    logger, notice = logging.getLogger(_TOKEN_AUTH_LOGGER), _DropTokenAuthNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 @contextmanager

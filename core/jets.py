@@ -7,6 +7,11 @@ numpy arrays: a batch of jets is a dict of per-jet arrays plus its constituents 
 form (``offsets``, one flat array per field), so no step pays awkward's per-call
 broadcasting cost and none loops over jets or particles in Python.
 
+FastJet: M. Cacciari, G. P. Salam, G. Soyez, "FastJet user manual", Eur. Phys. J. C72 (2012)
+1896, arXiv:1111.6097; anti-kT: JHEP 04 (2008) 063, arXiv:0802.1189. FastJet's banner, which
+asks for that citation, is printed by the C++ library on the first clustering of every
+process (every Ray worker); :func:`quiet_fastjet_banner` keeps it out of the user's logs.
+
 Truth matching follows Macaluso & Shih (arXiv:1803.00107) and Kasieczka et al.
 (arXiv:1902.09914): a signal jet is *matched* when a resonance of its process lies within
 dR < ``match_dr`` of the jet axis and every hard decay parton of that resonance lies within
@@ -24,6 +29,7 @@ from jetscan.core.study import JetConfig
 
 __all__ = [
     "JET_KEYS",
+    "quiet_fastjet_banner",
     "CONSTITUENT_KEYS",
     "cluster_fat_jets",
     "match_jets",
@@ -51,6 +57,20 @@ def _segment_arange(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum())) - starts
 
 
+def quiet_fastjet_banner() -> None:
+    """Mark FastJet's banner as printed in this process without printing it.
+
+    ``ClusterSequence::print_banner`` prints once per process and prints nothing when the
+    banner stream is null, so pointing the stream at null and calling it once silences the
+    banner for every later clustering. The awkward API, the SWIG bindings and
+    ``jetscan.core._fastsub`` share one ``libfastjet``, hence one flag. Idempotent and cheap.
+    """
+    cs = fastjet._swig.ClusterSequence
+    if cs.fastjet_banner_stream() is not None:
+        cs.set_fastjet_banner_stream(None)
+        cs.print_banner()
+
+
 def cluster_fat_jets(constituents: ak.Array, jet: JetConfig) -> dict[str, np.ndarray]:
     """Cluster each event; keep jets inside the pT window and |eta| cut.
 
@@ -59,6 +79,7 @@ def cluster_fat_jets(constituents: ak.Array, jet: JetConfig) -> dict[str, np.nda
     jets pT-ordered within each event, ``offsets`` (n_jets + 1) and ``c_<field>`` flat
     constituent arrays, pT-ordered (hardest first) within each jet.
     """
+    quiet_fastjet_banner()
     lo, hi = jet.pt_window_gev
     vecs = ak.zip(
         {"px": constituents.px, "py": constituents.py, "pz": constituents.pz, "E": constituents.e},
