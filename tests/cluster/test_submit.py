@@ -1,0 +1,201 @@
+"""``jetscan submit`` / ``jetscan status`` (jetscan.jobs.submit, jetscan.cluster.slurm_site).
+
+- the site file: Slurm time-limit forms, clear errors for a malformed limit, an unknown key
+  and (against the real local Slurm) a partition the cluster does not have;
+- the dry-run scripts: each script's directives, srun lines, job-id ports, array range and
+  the afterok chain read from the text, and ``bash -n`` accepts every script; the script's
+  node-list handling and port derivation run in bash with a given job id and node list;
+- real submissions against the local Slurm of tests/cluster/conftest.py (``slurm_cluster``):
+  ``--stage all`` (Ray generate -> Ray preprocess -> an array of two training runs ->
+  evaluate) ends with the store ``jetscan run`` makes; a training job sent USR2 through Slurm
+  checkpoints, requeues itself and ends with the weights of an uninterrupted run; a generation
+  job stopped the same way mid-shard requeues and its arrays are bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jetscan.cluster import slurm_site
+from jetscan.cluster.slurm_site import Site, load_site, time_limit_minutes
+from jetscan.core.errors import ConfigError
+from jetscan.jobs import submit as submit_mod
+
+REPO = Path(submit_mod.__file__).resolve().parent.parent
+SITE_EXAMPLE = REPO / "slurm" / "site.example.yaml"
+SITE_LOCAL = REPO / "slurm" / "site.local.yaml"
+TINY_RUNS = {
+    "pca": {"model": "pca", "samples": ["qcd"], "hyper": {"bottleneck": 4}},
+    "dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 1e-3},
+}
+
+
+def _study_file(make_study, tmp_path, name="tiny", runs=TINY_RUNS, n_jets=100, **kw):
+    study = make_study(
+        tmp_path / f"{name}.zarr", samples={"qcd": {"process": "qcd_dijet", "n_jets": n_jets}}, shard_jets=50,
+        preprocess={"representations": ["heimel40"]}, train={"runs": runs, "threads": 1, "device": "cpu"}, name=name, **kw,
+    )
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(study.to_yaml())
+    return study, path
+
+
+# --------------------------------------------------------------------------- site file
+def test_time_limits_in_every_slurm_form():
+    assert [time_limit_minutes(t) for t in ("45", "45:30", "2:30:00", "1-12", "1-12:30", "1-12:30:30")] == [
+        45, 45.5, 150, 2160, 2190, 2190.5
+    ]
+    for bad in ("1h", "2:61:00", "1:00:75", "1-2-3", "", "0"):
+        with pytest.raises(ValueError):
+            time_limit_minutes(bad)
+
+
+def test_site_file_errors_name_the_key(tmp_path):
+    site = load_site(SITE_EXAMPLE)
+    assert site.time_for("train") == "1-00:00:00" and site.time_for("scan") == "1:00:00"
+    assert site.directives() == ["--partition=gpu", "--account=m1234", "--qos=regular", "--constraint=gpu", "--mail-type=FAIL"]
+    assert load_site(SITE_LOCAL).partition == "debug"
+
+    bad = tmp_path / "site.yaml"
+    bad.write_text("partition: debug\ntime: {train: '1:75:00'}\n")
+    with pytest.raises(ConfigError, match=r"invalid Slurm site file\n  time: train: '1:75:00' is not a Slurm time limit: use MM, MM:SS, HH:MM:SS"):
+        load_site(bad)
+    bad.write_text("partition: debug\nwalltime: 10\n")
+    with pytest.raises(ConfigError, match="walltime: unknown key; valid keys here: partition, account"):
+        load_site(bad)
+    bad.write_text("partition: my partition\n")
+    with pytest.raises(ConfigError, match="partition: must be one Slurm name"):
+        load_site(bad)
+    bad.write_text("signal: {name: KILL}\n")
+    with pytest.raises(ConfigError, match="signal.name"):
+        load_site(bad)
+    with pytest.raises(ConfigError, match="site file .*nope.yaml' does not exist"):
+        load_site(tmp_path / "nope.yaml")
+
+
+def test_fill_refuses_a_missing_value():
+    assert slurm_site.fill("a={{x}} b=${y}", {"x": "1"}) == "a=1 b=${y}"
+    with pytest.raises(ConfigError, match="no value for x"):
+        slurm_site.fill("a={{x}}", {})
+
+
+# ---------------------------------------------------------------------- dry-run scripts
+def _sbatch_options(text: str) -> list[str]:
+    return [line.removeprefix("#SBATCH ").strip() for line in text.splitlines() if line.startswith("#SBATCH ")]
+
+
+def test_dry_run_scripts(make_study, tmp_path):
+    study, path = _study_file(make_study, tmp_path)
+    site = load_site(SITE_EXAMPLE)
+    jobs = submit_mod.submit(study, path, site, "all", dry_run=True)
+    assert [j.stage for j in jobs] == ["generate", "preprocess", "train", "evaluate"]
+    assert not any(j.path.exists() for j in jobs)  # a dry run writes nothing
+    by = {j.stage: j for j in jobs}
+    for job in jobs:
+        opts = _sbatch_options(job.text)
+        assert f"--job-name=jetscan-tiny-{job.stage}" in opts
+        assert {"--open-mode=append", "--requeue", "--signal=B:USR2@300", "--partition=gpu", "--account=m1234",
+                "--qos=regular", "--constraint=gpu", "--mail-type=FAIL"} <= set(opts), opts
+        assert not re.search(r"\{\{\w+\}\}", job.text) and "module load python/3.11" in job.text
+        assert 'PYTHON="$HOME/jetscan/.venv/bin/python"' in job.text
+        assert f"STUDY={path.resolve()}" in job.text
+        assert "SLURM_RESTART_COUNT" in job.text and 'scontrol requeue "$SLURM_JOB_ID"' in job.text
+        assert "trap on_warning USR2" in job.text
+        r = subprocess.run(["bash", "-n"], input=job.text, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    # Ray stages: nodes from the site file, ports from the job id, a short temp dir, workers by srun
+    gen = _sbatch_options(by["generate"].text)
+    assert {"--nodes=4", "--ntasks-per-node=1", "--cpus-per-task=64", "--time=4:00:00"} <= set(gen)
+    assert "--nodes=2" in _sbatch_options(by["preprocess"].text)
+    assert "port=$(( 30000 + (SLURM_JOB_ID % 270) * 10 ))" in by["generate"].text
+    assert "ray_tmp=/tmp/ray-${SLURM_JOB_ID}-${SLURM_RESTART_COUNT:-0}" in by["generate"].text
+    assert 'srun --nodes=$((n_nodes - 1)) --ntasks=$((n_nodes - 1)) --ntasks-per-node=1 --exclude="$head_node"' in by["generate"].text
+    assert '-m jetscan.jobs.cli generate "$STUDY" --address "$head_ip:$port"' in by["generate"].text
+    assert '-m jetscan.jobs.cli preprocess "$STUDY" --address "$head_ip:$port"' in by["preprocess"].text
+    # training: an array over the runs, one task per GPU, srun'd workers, USR2 passed on
+    tr = _sbatch_options(by["train"].text)
+    assert {"--array=0-1%8", "--ntasks=4", "--cpus-per-task=8", "--gpus-per-task=1", "--time=1-00:00:00",
+            "--output=/scratch/jetscan/logs/%x-%A_%a.out"} <= set(tr), tr
+    assert "runs=(pca dense)" in by["train"].text
+    assert re.search(r'srun --kill-on-bad-exit=1 .*\n\s+"\$PYTHON" -m jetscan.jobs.cli train "\$STUDY" --model "\$run" --backend ddp &', by["train"].text)
+    assert 'kill -USR2 "$srun_pid"' in by["train"].text and "export JETSCAN_STOP_SIGNALS=USR2" in by["train"].text
+    # the chain
+    assert [j.sbatch_command() for j in jobs] == [
+        ["sbatch", "--parsable", "/scratch/jetscan/logs/tiny-generate.sbatch"],
+        ["sbatch", "--parsable", "--dependency=afterok:${JOB_generate}", "/scratch/jetscan/logs/tiny-preprocess.sbatch"],
+        ["sbatch", "--parsable", "--dependency=afterok:${JOB_preprocess}", "/scratch/jetscan/logs/tiny-train.sbatch"],
+        ["sbatch", "--parsable", "--dependency=afterok:${JOB_train}", "/scratch/jetscan/logs/tiny-evaluate.sbatch"],
+    ]
+    assert by["evaluate"].sbatch_command({"train": "42"})[2] == "--dependency=afterok:42"
+
+
+def test_dry_run_on_the_command_line_and_stage_errors(make_study, tmp_path):
+    study, path = _study_file(make_study, tmp_path)
+    cli = [sys.executable, "-m", "jetscan.jobs.cli", "submit", str(path), "--site", str(SITE_LOCAL)]
+    r = subprocess.run([*cli, "--stage", "train", "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "#SBATCH --array=0-1\n" in r.stdout and "#SBATCH --partition=debug" in r.stdout
+    assert f"# sbatch --parsable {tmp_path / 'slurm-logs' / 'tiny-train.sbatch'}" in r.stdout
+    assert "--gpus-per-task" not in r.stdout  # no GPUs on this site
+    for stage, why in (("scan", "scan feature is not built yet"), ("search", "search workers are not built yet"),
+                       ("everything", "stages are generate, preprocess")):
+        r = subprocess.run([*cli, "--stage", stage, "--dry-run"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and why in r.stderr, r.stderr
+    bad = tmp_path / "bad-site.yaml"
+    bad.write_text("time: {generate: '90 minutes'}\n")
+    r = subprocess.run([*cli[:-1], str(bad), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "time: generate: '90 minutes' is not a Slurm time limit" in r.stderr, r.stderr
+
+
+def test_the_scripts_node_list_and_ports_in_bash(make_study, tmp_path):
+    """The Ray script's own lines, run by bash with a fake scontrol: the head is the first node
+    of the list, the others get srun'd workers, and the ports follow the job id."""
+    study, path = _study_file(make_study, tmp_path)
+    text = submit_mod.plan_jobs(study, path, Site(), "generate")[0].text
+    start = text.index("mapfile -t nodes")
+    stop = text.index("export RAY_USAGE_STATS_ENABLED")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text('#!/bin/bash\n[[ "$1 $2 $3" == "show hostnames gpu[07-09]" ]] && printf "gpu07\\ngpu08\\ngpu09\\n"\n')
+    (fake / "scontrol").chmod(0o755)
+    snippet = text[start:stop] + 'echo "$head_node $n_nodes $port ${node_ports[*]} $ray_tmp"\n'
+    for job, want in ((1234, 30000 + 1234 % 270 * 10), (1235, 30000 + 1235 % 270 * 10)):
+        env = {"PATH": f"{fake}:/usr/bin:/bin", "SLURM_JOB_ID": str(job), "SLURM_JOB_NODELIST": "gpu[07-09]",
+               "SLURM_RESTART_COUNT": "2"}
+        r = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[:3] == ["gpu07", "3", str(want)] and want == slurm_site.ray_port(job)
+        assert f"--node-manager-port={want + 1}" in r.stdout and f"--metrics-export-port={want + 6}" in r.stdout
+        assert r.stdout.split()[-1] == f"/tmp/ray-{job}-2"
+    assert slurm_site.ray_port(1234) != slurm_site.ray_port(1235)
+    assert len({slurm_site.ray_port(j) for j in range(270)}) == 270  # 270 consecutive jobs never share a port
+
+
+def test_preempt_flag_from_the_environment():
+    import signal
+
+    from jetscan.cluster import preempt
+    from jetscan.core.errors import RunnerError
+
+    assert preempt.from_env({}) is None
+    old = signal.getsignal(signal.SIGUSR2)
+    try:
+        flag = preempt.from_env({preempt.ENV: "USR2"})
+        assert not flag()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(0.05)
+        assert flag() and flag.received == signal.SIGUSR2
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    with pytest.raises(RunnerError, match="'NOPE' is not a signal name"):
+        preempt.from_env({preempt.ENV: "nope"})
