@@ -277,7 +277,20 @@ class DataConfig(_Frozen):
     batch_size: int = Field(128, ge=1, le=1_000_000)
     shuffle_buffer_jets: int = Field(4096, ge=0, description="jets held for shuffling (0: chunk order only)")
     prefetch_chunks: int = Field(4, ge=0, le=64, description="chunks read ahead by background threads")
-    cache_mb: int = Field(1024, ge=0, description="decoded chunks kept in memory across epochs (per stream)")
+    cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="bound on the decoded bytes a stream holds (cache + shuffle buffer + read-ahead); the cache "
+        "keeps chunks across epochs in what the other two leave (0: no cache)",
+    )
+    decode_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        exclude_if=lambda v: v == 4,  # a performance knob: at its default it stays out of dumps and run hashes
+        description="threads reading and decoding chunks (decompression releases the GIL); the batches do not "
+        "depend on it",
+    )
     virtual_ranks: int = Field(
         1,
         ge=1,
@@ -379,10 +392,11 @@ class Study(_Frozen):
         for name, run in self.train.runs.items():
             missing = [s for s in run.samples if s not in self.samples]
             if missing:
+                one = len(missing) == 1
                 raise ValueError(
-                    f"train.runs.{name}.samples: run {name!r} trains on {', '.join(map(repr, missing))}, which the "
-                    f"study does not define; its samples are {', '.join(self.samples)} (fix the name, or add the "
-                    "sample under samples:)"
+                    f"train.runs.{name}.samples: no sample{'' if one else 's'} named {', '.join(map(repr, missing))} "
+                    f"(run {name!r} trains on {'it' if one else 'them'}); the study's samples: "
+                    f"{', '.join(self.samples)}; fix the name, or add the sample under samples:"
                 )
             if run.representation is not None and run.representation not in self.preprocess.representations:
                 raise ValueError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jetscan.core.errors import ConfigError
 from jetscan.core.study import Study, settings_hash
@@ -106,3 +107,39 @@ def test_settings_hash_tracks_what_makes_the_jets():
     h = lambda s: settings_hash(s.generation_settings("qcd"))  # noqa: E731
     assert h(a) != h(b)
     assert h(a) == h(c)  # the study's name does not change the jets
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "studies" / "x.yaml"
+    bad.parent.mkdir()
+    bad.write_text("name: t\nstore: s.zarr\nseed: 1: 2\nsamples: {qcd: {process: qcd_dijet, n_jets: 10}}\n")
+    with pytest.raises(ConfigError) as err:
+        Study.from_yaml(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}, line 3, column 8: not valid YAML: mapping values are not allowed here"), msg
+    assert "<unicode string>" not in msg
+    # an unclosed bracket: the problem where the file ends, and where the bracket opened
+    bad.write_text("name: t\nsamples: [qcd\n")
+    with pytest.raises(ConfigError) as err:
+        Study.from_yaml(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}, line 3, column 1: not valid YAML: expected ',' or ']'"), msg
+    assert msg.endswith("(while parsing a flow sequence, line 2, column 10)"), msg
+
+
+def test_a_run_naming_a_missing_sample_names_the_run_the_sample_and_the_samples(tmp_path):
+    runs = {"dense": {"model": "dense_ae", "samples": ["qcd", "wjets"]}}
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump(base(train={"runs": runs})))
+    for load in (lambda: Study.from_dict(base(train={"runs": runs})), lambda: Study.from_yaml(study)):
+        with pytest.raises(ConfigError) as err:
+            load()
+        msg = str(err.value)
+        assert msg.endswith(
+            "invalid study\n  train.runs.dense.samples: no sample named 'wjets' (run 'dense' trains on it); "
+            "the study's samples: qcd; fix the name, or add the sample under samples:"
+        ), msg
+        assert "got" not in msg and "sqrt_s_gev" not in msg  # not the whole study as the offending value
+    two = {"dense": {"model": "dense_ae", "samples": ["wjets", "zjets"]}}
+    with pytest.raises(ConfigError, match=r"no samples named 'wjets', 'zjets' \(run 'dense' trains on them\)"):
+        Study.from_dict(base(train={"runs": two}))
