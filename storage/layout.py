@@ -175,10 +175,20 @@ def open_sample(root: zarr.Group, name: str) -> zarr.Group:
         try:
             group = root[name]
         except KeyError:
-            raise StorageError(f"store has no sample {name!r}") from None
+            have = sorted(k for k in root.group_keys() if not k.startswith("_"))
+            raise StorageError(
+                f"store {_store_location(root)!r} has no sample {name!r} (its samples: {', '.join(have) or 'none'}); "
+                f"generate it with 'jetscan generate STUDY.yaml --sample {name}', or check the name"
+            ) from None
     if not isinstance(group, zarr.Group):
-        raise StorageError(f"{name!r} in the store is not a sample group")
+        raise StorageError(f"{name!r} in the store {_store_location(root)!r} is not a sample group")
     return group
+
+
+def _store_location(group: zarr.Group) -> str:
+    """The path (or URL) of the store holding ``group``, as a user would write it."""
+    local_root = getattr(group.store, "root", None)  # a LocalStore: its directory
+    return str(local_root) if local_root is not None else str(group.store_path)
 
 
 def write_rows(group: zarr.Group, start: int, arrays: dict[str, np.ndarray]) -> None:
