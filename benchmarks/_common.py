@@ -1,7 +1,17 @@
-"""What every benchmark script shares: its revision, its device tag, and the results file."""
+"""What every benchmark script shares: its revision, its device tag, and the results file.
+
+A results line names the commit it measured. When the working tree has uncommitted changes
+to tracked files, the commit alone would hide them, so the line records ``<rev>-dirty``, the
+changed paths and a hash of their diff against HEAD (``git diff HEAD``), which identifies the
+exact uncommitted state. ``benchmarks/results.jsonl`` itself is left out: every benchmark
+appends to it, so it would mark every later run dirty. The state is read when a script
+imports this module (before it imports and runs the code it measures) and again when it
+appends; a tree that changed in between is recorded as such (``git_at_end``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -10,13 +20,52 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results.jsonl"
+_NOT_CODE = {"benchmarks/results.jsonl"}
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], capture_output=True, cwd=HERE, check=False)
+
+
+def git_state() -> dict:
+    """``{"git": "abc1234"}`` for a clean tree; for a dirty one ``{"git": "abc1234-dirty",
+    "git_dirty_files": [...], "git_dirty_diff_sha1": "..."}`` (tracked files only)."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        status = _git("status", "--porcelain=v1", "-z", "--untracked-files=no")
+    except OSError:
+        return {"git": "unknown"}
+    rev = head.stdout.decode().strip() or "unknown"
+    if head.returncode != 0 or status.returncode != 0:
+        return {"git": "unknown"}
+    files = []
+    entries = iter(status.stdout.decode(errors="replace").split("\0"))
+    for entry in entries:
+        if not entry:
+            continue
+        code, path = entry[:2], entry[3:]
+        if "R" in code or "C" in code:  # a rename/copy is followed by its source path
+            next(entries, None)
+        if path not in _NOT_CODE:
+            files.append(path)
+    if not files:
+        return {"git": rev}
+    files.sort()
+    diff = _git("diff", "HEAD", "--binary", "--", *(f":(top){f}" for f in files)).stdout
+    return {
+        "git": f"{rev}-dirty",
+        "git_dirty_files": files,
+        "git_dirty_diff_sha1": hashlib.sha1(diff).hexdigest()[:16],
+    }
 
 
 def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    except OSError:
-        return "unknown"
+    """The short commit, with ``-dirty`` appended when tracked files have uncommitted changes
+    (as read when the script started)."""
+    return _AT_START["git"]
+
+
+_AT_START = git_state()
 
 
 def cpu_device() -> str:
@@ -24,9 +73,19 @@ def cpu_device() -> str:
 
 
 def append_result(result: dict, *, quick: bool = False) -> None:
-    """Append one JSON line to benchmarks/results.jsonl (never for --quick runs)."""
+    """Append one JSON line to benchmarks/results.jsonl (never for --quick runs).
+
+    The git fields (:func:`git_state`) are taken at append time and override any the caller
+    put in ``result``, so no line can claim a clean commit for a dirty tree."""
     if quick:
         print("(--quick: nothing appended to benchmarks/results.jsonl)")
         return
+    state = dict(_AT_START)
+    end = git_state()
+    if end != _AT_START:
+        state["git_at_end"] = end
+    result = {k: v for k, v in result.items() if k not in ("git", "git_dirty_files", "git_dirty_diff_sha1")}
+    if "-dirty" in state["git"]:
+        print(f"(tree is dirty: results line records {state['git']} and {len(state['git_dirty_files'])} changed file(s))")
     with open(RESULTS, "a") as f:
-        f.write(json.dumps({"git": git_rev(), **result}) + "\n")
+        f.write(json.dumps({**state, **result}) + "\n")
