@@ -6,6 +6,8 @@
     jetscan train STUDY.yaml --model RUN [--restart] [--np N] [--backend horovod|ddp] [--address HOST:PORT [--min-np M]]
     jetscan evaluate STUDY.yaml    [--model RUN ...] [--report DIR]
     jetscan info STORE             samples, jet counts, stored inputs and the shard catalog
+    jetscan serve STORE...         [--host H] [--port N] [--token-file F] [--no-auth]: read-only HTTP service
+    jetscan query URL|STORE QUERY  [--columns ...] [--format table|csv|parquet]
 """
 
 from __future__ import annotations
@@ -310,6 +312,17 @@ def _print_physics(study) -> None:
             f"{arrays['jets/n_constituents'].mean():.1f}",
         )
     Console().print(table)
+
+
+def _register_serving() -> None:
+    from jetscan.jobs.query import query_cmd
+    from jetscan.jobs.serve import serve_cmd
+
+    app.command("serve")(serve_cmd)
+    app.command("query")(query_cmd)
+
+
+_register_serving()
 
 
 def main() -> None:

@@ -391,7 +391,8 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
     ``rows`` (from :func:`summarise`) as ``<store>/_results/<run>.parquet``.
 
     A run stored before is replaced whole (re-evaluation). The layout is in the module
-    docstring. Creates the store's root group if the store does not exist yet.
+    docstring. Creates the store's root group if the store does not exist yet. Ends by
+    consolidating the metadata of ``results/`` (so HTTP and object-store readers never list).
     """
     samples = _check_evaluation(evaluation)
     run = evaluation["run"]
@@ -489,6 +490,9 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
                 }
             )
         )
+        # consolidated metadata of results/ (zarr's inline form, in results/zarr.json): readers
+        # over HTTP or object storage open and walk every run without listing folders
+        zarr.consolidate_metadata(str(store), path=RESULTS_GROUP, zarr_format=3)
 
     # 3. commit: the summary rows, atomically
     table = pa.Table.from_pylist([dict(r) for r in rows])
