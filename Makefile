@@ -15,6 +15,7 @@ TORCH_PIN := torch==2.13.0
 # Slurm 22.05 (slurm-wlm: slurmctld, slurmd, srun, ...) and munge, from Debian, for the srun tests
 # (tests/cluster/test_slurm.py starts its own daemons): installed only as root where apt-get exists;
 # elsewhere (or if apt-get fails) the Slurm tests skip, saying why.
+# PostgreSQL (Debian's postgresql: initdb, pg_ctl) likewise, for the search test against a real server.
 BUILD_DEPS := 'setuptools>=69' wheel 'pybind11>=2.12' numpy fastjet==3.5.2.0
 
 .PHONY: install demo test bench clean
@@ -30,6 +31,11 @@ $(STAMP): pyproject.toml setup.py Makefile core/_fastsub.cpp cluster/build_horov
 	  echo "installing slurm-wlm and munge (for the Slurm tests)"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge; } || \
 	  echo "warning: could not install slurm-wlm / munge: the Slurm tests will be skipped"; fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql (the search tests start a real server for Optuna's RDB storage)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; } || \
+	  echo "warning: could not install postgresql: the PostgreSQL search test will be skipped"; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN) $(BUILD_DEPS)
