@@ -6,7 +6,9 @@ changed paths and a hash of their diff against HEAD (``git diff HEAD``), which i
 exact uncommitted state. ``benchmarks/results.jsonl`` itself is left out: every benchmark
 appends to it, so it would mark every later run dirty. The state is read when a script
 imports this module (before it imports and runs the code it measures) and again when it
-appends; a tree that changed in between is recorded as such (``git_at_end``).
+appends; a tree that changed in between is recorded as such (``git_at_end``). Each line also
+records the machine's load averages at start and end (``load_avg``), since a shared machine
+disturbs every timing ratio.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def git_rev() -> str:
 
 
 _AT_START = git_state()
+_LOAD_AT_START = os.getloadavg()
 
 
 def cpu_device() -> str:
@@ -87,5 +90,8 @@ def append_result(result: dict, *, quick: bool = False) -> None:
     result = {k: v for k, v in result.items() if k not in ("git", "git_dirty_files", "git_dirty_diff_sha1")}
     if "-dirty" in state["git"]:
         print(f"(tree is dirty: results line records {state['git']} and {len(state['git_dirty_files'])} changed file(s))")
+    # how busy the machine was: 1-, 5-, 15-minute load averages against the core count
+    load = {"start": [round(x, 2) for x in _LOAD_AT_START], "end": [round(x, 2) for x in os.getloadavg()],
+            "cores": os.cpu_count()}
     with open(RESULTS, "a") as f:
-        f.write(json.dumps({**state, **result}) + "\n")
+        f.write(json.dumps({**state, **result, "load_avg": load}) + "\n")
