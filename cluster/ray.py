@@ -16,7 +16,7 @@ import socket
 from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
-from jetscan.core.errors import RunnerError
+from jetscan.core.errors import RunnerError, StorageError
 
 __all__ = ["run_actors", "run_tasks", "ensure_ray", "check_address", "error_line"]
 
@@ -142,6 +142,11 @@ def _drive(submit: Callable[[Any, Any], Any], slots: list, tasks: Sequence[Any],
         idle.append(slot)
     if failures:
         lines = "\n".join(f"  {task}: {error_line(exc)}" for task, exc in failures[:10])
+        damaged = [exc.cause for _, exc in failures if isinstance(getattr(exc, "cause", None), StorageError)]
+        if damaged:  # bad data fails the same way on every retry: say so, with the error's own fix
+            raise StorageError(
+                f"{len(failures)} of {len(tasks)} tasks failed ({len(results)} committed and kept):\n{lines}"
+            )
         raise RunnerError(
             f"{len(failures)} of {len(tasks)} tasks failed ({len(results)} committed and kept; "
             f"re-run the same command to retry the rest):\n{lines}"

@@ -359,6 +359,11 @@ class Study(_Frozen):
 
     name: str = Field(pattern=_NAME_RE)
     store: str = Field(min_length=1, description="local path or fsspec URL of the zarr store")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options of an object store (e.g. {client_kwargs: {endpoint_url: ...}}); "
+        "credentials come from the environment, never from the study",
+    )
     seed: int = Field(ge=0, lt=2**63)
     sqrt_s_gev: float = Field(14000.0, gt=0.0)
     jet: JetConfig = JetConfig()
@@ -380,6 +385,24 @@ class Study(_Frozen):
                 raise ValueError(
                     f"sample name {name!r} must start with a letter and hold only letters, digits, '_' or '-'"
                 )
+        return v
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def keys(d, prefix=""):
+            for k, x in d.items():
+                yield f"{prefix}{k}"
+                if isinstance(x, dict):
+                    yield from keys(x, f"{prefix}{k}.")
+
+        secret = [k for k in keys(v) if re.search(r"secret|password|token|credential|private_key|(^|[._])key$", k, re.I)]
+        if secret:
+            raise ValueError(
+                f"{', '.join(secret)}: credentials do not belong in the study (it is copied into logs and jobs); "
+                "set them in the environment instead (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                "GOOGLE_APPLICATION_CREDENTIALS, ...)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -534,6 +557,8 @@ def config_error_from(exc: ValidationError, model: type[BaseModel], *, source: s
             lines.append(f"{key}: required key is missing{hint}")
         elif not loc:  # a cross-reference check: its message names the key; the input is the whole study
             lines.append(msg)
+        elif loc[0] == "storage_options":  # never echo what may be a credential
+            lines.append(f"{key}: {msg}")
         else:
             lines.append(f"{key}: {msg} (got {err.get('input')!r})")
     return ConfigError(f"{source}: invalid study\n  " + "\n  ".join(lines))

@@ -33,8 +33,11 @@ console = Console(stderr=True)
 
 def _study(path: Path):
     from jetscan.core.study import Study
+    from jetscan.storage.blobs import use_storage_options
 
-    return Study.from_yaml(path)
+    study = Study.from_yaml(path)
+    use_storage_options(study.store, study.storage_options)  # s3://, gs://: the study's fsspec options
+    return study
 
 
 def _generate(study, workers: Optional[int], address: Optional[str], samples: Optional[list[str]], use_ray: bool):
@@ -323,6 +326,15 @@ def _register_serving() -> None:
 
 
 _register_serving()
+
+
+def _register_store_and_cloud() -> None:
+    from jetscan.jobs.verify import add_commands as add_verify
+
+    add_verify(app)  # jetscan verify STORE [--repair --study STUDY.yaml]
+
+
+_register_store_and_cloud()
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import torch
 
 from jetscan.core.study import Study
 from jetscan.jobs.train import load_trained
-from jetscan.storage import results
+from jetscan.storage import blobs, results
 from jetscan.storage.loader import JetStream
 
 __all__ = ["score_sample", "evaluation_for", "evaluate", "flat_config"]
@@ -143,6 +143,7 @@ def evaluate(study: Study, runs: Iterable[str] | None = None, *, report_dir: str
     names = list(runs) if runs is not None else list(study.train.runs)
     for name in names:
         study.run(name)
+    blobs.use_storage_options(study.store, study.storage_options)
     rows = []
     for name in names:
         evaluation = evaluation_for(study, name)

@@ -46,7 +46,7 @@ from jetscan.core.jets import (
 from jetscan.core.processes import PROCESSES, pythia_seed, pythia_settings
 from jetscan.core.study import Study, settings_hash
 from jetscan.core.substructure import substructure_csr
-from jetscan.storage import catalog, layout
+from jetscan.storage import blobs, catalog, layout
 
 __all__ = ["ShardSpec", "ShardMaker", "plan", "generate", "sample_pythia_settings", "MATCH_DR"]
 
@@ -66,6 +66,9 @@ class ShardSpec:
     @property
     def n_jets(self) -> int:
         return self.stop - self.start
+
+    def __str__(self) -> str:
+        return f"{self.sample} shard {self.shard} (jets {self.start}-{self.stop})"
 
 
 def sample_pythia_settings(study: Study, sample: str, seed: int, slha_path: str | None = None) -> list[str]:
@@ -110,6 +113,7 @@ class ShardMaker:
 
         self._pythia8mc = pythia8mc
         self.study = study
+        blobs.use_storage_options(study.store, study.storage_options)  # this worker's process too
         self._charges: dict[int, float] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="jetscan-slha-")
         self._instances: dict[str, object] = {}
@@ -288,6 +292,7 @@ def plan(study: Study, samples: Iterable[str] | None = None) -> list[ShardSpec]:
     check_pythia_settings(study)
 
     store = study.store
+    blobs.use_storage_options(store, study.storage_options)
     if "://" not in store:
         p = Path(store)
         if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not (p / "zarr.json").exists())):

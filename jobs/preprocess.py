@@ -16,6 +16,7 @@ The whole story of the stage:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -25,7 +26,7 @@ from typing import Callable, Iterable
 from jetscan.core import representations as reps
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.study import Study, settings_hash
-from jetscan.storage import catalog, layout
+from jetscan.storage import blobs, catalog, layout
 
 __all__ = ["InputSpec", "plan", "process", "preprocess", "input_settings"]
 
@@ -42,6 +43,10 @@ class InputSpec:
     stop: int
     settings_hash: str
     cfg_json: str  # the RepresentationConfig, as JSON (picklable and hashable)
+    storage_options_json: str = "{}"  # the study's storage_options (no credentials), as JSON
+
+    def __str__(self) -> str:
+        return f"{self.sample}/inputs/{self.representation} shard {self.shard} (jets {self.start}-{self.stop})"
 
 
 def input_settings(study: Study, sample: str, name: str) -> dict:
@@ -62,6 +67,7 @@ def plan(
         study.sample(s)
     for r in rep_names:
         study.representation(r)
+    blobs.use_storage_options(study.store, study.storage_options)
     layout.open_root(study.store)  # raises a clear error if there is no store yet
     root = layout.open_root(study.store, mode="r+")
     groups = {}
@@ -109,7 +115,9 @@ def plan(
             made = catalog.committed_shards(study.store, s, table=f"inputs/{r}")
             for shard in sorted(jets_done - made):
                 start, stop = layout.shard_ranges(group.attrs["n_jets"], shard_jets)[shard]
-                todo.append(InputSpec(study.store, s, r, shard, start, stop, h, cfg.model_dump_json()))
+                todo.append(
+                    InputSpec(study.store, s, r, shard, start, stop, h, cfg.model_dump_json(), json.dumps(study.storage_options))
+                )
     return todo, waiting
 
 
@@ -129,6 +137,7 @@ def process(spec: InputSpec) -> dict:
 
     t0 = time.perf_counter()
     cfg = RepresentationConfig.model_validate_json(spec.cfg_json)
+    blobs.use_storage_options(spec.store, json.loads(spec.storage_options_json))
     root = layout.open_root(spec.store, mode="r+")
     group = layout.open_sample(root, spec.sample)
     fields = layout.read_rows(group, reps.required_fields(cfg), spec.start, spec.stop)

@@ -253,6 +253,7 @@ def train(
     per worker instead, the global batch is N times larger and the learning rate N (sqrt N)
     times larger, reached by a linear warm-up over ``warmup_epochs`` (Goyal et al. 2017,
     :mod:`jetscan.core.models.schedule`); both optimizers of the adversarial AE are scaled."""
+    blobs.use_storage_options(study.store, study.storage_options)  # s3:// etc.: this worker's process too
     comm = comm or make_comm(backend)
     if study.train.threads:
         torch.set_num_threads(study.train.threads)

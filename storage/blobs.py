@@ -12,13 +12,57 @@ import uuid
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["store_fs", "write_atomic", "read_blob", "exists", "glob"]
+__all__ = ["store_fs", "use_storage_options", "write_atomic", "read_blob", "exists", "glob"]
 
 
 def store_fs(store: str):
     """(filesystem, root path) of a store URL or local path."""
+    _check_protocol(store)
     fs, path = fsspec.core.url_to_fs(store)
     return fs, path.rstrip("/")
+
+
+def use_storage_options(store: str, storage_options: dict | None) -> None:
+    """Make ``storage_options`` (the study's, e.g. ``{"client_kwargs": {"endpoint_url": ...}}``)
+    the defaults of every fsspec filesystem of the store's protocol in this process.
+
+    Every storage function takes the store as a plain string (it travels to Ray workers and
+    into error messages), so the options go to fsspec's own per-protocol configuration
+    (``fsspec.config.conf``) instead of through every call. Credentials never pass here: they
+    come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``...) and are never written into a
+    store. A local path ignores the options.
+    """
+    if not storage_options or "://" not in str(store):
+        _check_protocol(store)
+        return
+    protocol = str(store).split("://", 1)[0]
+    _check_protocol(store)
+    import fsspec.config
+
+    cls = fsspec.get_filesystem_class(protocol)
+    for proto in cls.protocol if isinstance(cls.protocol, (tuple, list)) else [cls.protocol]:
+        fsspec.config.conf[proto] = dict(storage_options)
+    fsspec.config.conf[protocol] = dict(storage_options)
+
+
+def _check_protocol(store: str) -> None:
+    """A StorageError naming the package to install when the store's protocol has no driver."""
+    if "://" not in str(store):
+        return
+    protocol = str(store).split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        from jetscan.core.errors import StorageError
+
+        package = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "az": "adlfs", "abfs": "adlfs"}.get(protocol)
+        fix = f"pip install {package}" if package else "install the fsspec driver for it"
+        raise StorageError(f"store {store!r}: no filesystem for {protocol}:// is installed ({exc}); {fix}") from None
+    except ValueError:
+        from jetscan.core.errors import StorageError
+
+        raise StorageError(f"store {store!r}: {protocol}:// is not a storage protocol fsspec knows") from None
 
 
 def write_atomic(store: str, relpath: str, data: bytes) -> str:

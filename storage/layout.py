@@ -205,5 +205,24 @@ def write_rows(group: zarr.Group, start: int, arrays: dict[str, np.ndarray]) -> 
 
 
 def read_rows(group: zarr.Group, fields: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Read rows [start, stop) of the given arrays (no catalog check: see the catalog)."""
-    return {f: group[f][start:stop] for f in fields}
+    """Read rows [start, stop) of the given arrays (no catalog check: see the catalog).
+
+    A chunk that fails its checksum (or decompression) raises one StorageError naming the
+    store, the array, the chunk and the shard, and pointing to ``jetscan verify --repair``."""
+    out = {}
+    for f in fields:
+        arr = group[f]
+        try:
+            out[f] = arr[start:stop]
+        except Exception as exc:  # noqa: BLE001 - zstd, crc32c and shard-index errors differ
+            from jetscan.storage import integrity
+
+            shard = start // int(arr.shards[0] if arr.shards else arr.chunks[0])
+            chunks = integrity.locate_damage(arr, start, stop) or [(start // int(arr.chunks[0]), integrity._one_line(exc))]
+            sample = group.path.split("/")[0]
+            raise StorageError(
+                integrity.damage_message(
+                    _store_location(group), sample, f, shard, chunks, integrity._chunk_key(arr, shard)
+                )
+            ) from None
+    return out

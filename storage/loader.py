@@ -58,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - torch is installed by `make`
 from jetscan.core import representations as reps
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.study import Study
-from jetscan.storage import catalog, layout
+from jetscan.storage import blobs, catalog, layout
 
 __all__ = ["JetStream", "split_assignment", "SPLITS"]
 
@@ -190,6 +190,7 @@ class JetStream(torch.utils.data.IterableDataset):
 
     # ----------------------------------------------------------------- checks
     def _open_checked(self):
+        blobs.use_storage_options(self.study.store, self.study.storage_options)
         root = layout.open_root(self.study.store)
         groups = []
         fields = reps.required_fields(self.cfg) if self.on_the_fly else []
