@@ -1,4 +1,5 @@
-"""In-process runners: tasks one after another in this process (debugging, tiny runs).
+"""Local runners: tasks one after another in this process (debugging, tiny runs), or N local
+processes at once (:func:`run_processes`, e.g. search workers).
 
 The same call shapes as :mod:`jetscan.cluster.ray`, so a stage switches runner by module.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-__all__ = ["run_local", "run_tasks"]
+__all__ = ["run_local", "run_tasks", "run_processes"]
 
 
 def run_tasks(
@@ -36,3 +37,40 @@ def run_local(
 ) -> list[Any]:
     """Run ``worker_cls(*init_args).<method>(task)`` for every task on one worker in this process."""
     return run_tasks(getattr(worker_cls(*init_args), method), tasks, on_result=on_result)
+
+
+def run_processes(
+    argvs: Sequence[Sequence[str]],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> list[str]:
+    """Start one local process per argv, wait for all, and return one line per process that
+    failed (``"worker 1 (pid 123) exited with 1"``, or killed by a signal); empty if all
+    succeeded. ``env`` is added to this process's environment. Interrupting the caller
+    (Ctrl-C) terminates the processes it started."""
+    import os
+    import signal
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    procs = [subprocess.Popen(list(argv), env=full_env, cwd=cwd) for argv in argvs]
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    failed = []
+    for i, (p, code) in enumerate(zip(procs, codes)):
+        if code < 0:
+            failed.append(f"worker {i} (pid {p.pid}) was killed by signal {signal.Signals(-code).name}")
+        elif code:
+            failed.append(f"worker {i} (pid {p.pid}) exited with {code}")
+    return failed

@@ -1,0 +1,143 @@
+"""Hyper-parameter search throughput and harness overhead (``jetscan search``).
+
+Two measurements on copies of one generated store, one search run (default: the dense
+autoencoder, a grid over its bottleneck so that every trial is a distinct, equally sized run):
+
+- **trials per hour, 1 vs N workers** on the same cores: ``search(..., workers=1)`` (the worker
+  in the driver's process, all cores as torch threads) against ``workers=N`` (N local worker
+  processes, ``cores // N`` torch threads each), both the same ``--trials`` grid points, wall
+  time from the call to its return (worker start-up, imports, Optuna storage, training,
+  evaluation, results written). Issue target: ratio >= 1.8 for N = 2.
+- **harness overhead**: one search trial (``search(..., trials=1)``, in-process) against the
+  same work done bare, as ``jetscan train`` and ``jetscan evaluate`` do it (``train()`` then
+  ``evaluation_for`` + ``summarise`` + ``write_run``, no report), in the same warm process;
+  cold (first call of each, after a warm-up run that imports everything) and repeated.
+  Overhead = (search - bare) / search of the wall time. Issue target <= 5%.
+
+    python benchmarks/search.py --store out/quickstart.zarr [--model dense_ae] [--epochs 3]
+        [--trials 4] [--workers 2] [--repeat 2]
+
+The store must hold a ``qcd`` sample (``out/quickstart.zarr`` after ``make demo``); it is
+copied, never modified. Appends one JSON line to ``benchmarks/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _common import append_result, cpu_device
+from distributed import _store_study
+from jetscan.core.study import Study
+from jetscan.jobs.preprocess import preprocess
+
+
+def make_study(src: dict, store: str, model: str, epochs: int, trials: int, threads: int) -> Study:
+    data = dict(src)
+    data["name"] = "bench-search"
+    data["store"] = store
+    data["preprocess"] = {"representations": ["heimel40"]}
+    data["train"] = {
+        "runs": {"base": {"model": model, "samples": ["qcd"], "epochs": epochs, "patience": epochs, "optimizer": "adam"}},
+        "threads": threads,
+    }
+    # distinct, similar-cost trials: bottlenecks 4, 6, 8, ...
+    data["search"] = {
+        "grid": {"run": "base", "space": {"hyper.bottleneck": {"int": [4, 2 + 2 * trials], "step": 2}},
+                 "sampler": "grid", "trials": trials, "keep_weights": "all"},
+        "one": {"run": "base", "space": {"hyper.bottleneck": {"choices": [6, 7]}}, "sampler": "grid", "trials": 1,
+                "keep_weights": "all"},
+    }
+    return Study.from_dict(data)
+
+
+def fresh_store(base: str, tmp: Path, tag: str) -> str:
+    store = str(tmp / f"{tag}.zarr")
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(base, store, ignore=shutil.ignore_patterns("_runs", "_results", "results", "_search"))
+    return store
+
+
+def bare(study: Study, run: str) -> float:
+    """What jetscan train + jetscan evaluate do for one run (no report)."""
+    from jetscan.jobs.evaluate import evaluation_for
+    from jetscan.jobs.train import train
+    from jetscan.storage import results
+
+    t0 = time.perf_counter()
+    train(study, run)
+    evaluation = evaluation_for(study, run)
+    results.write_run(study.store, evaluation, results.summarise(evaluation))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", required=True, help="a generated store with a qcd sample (copied, never modified)")
+    ap.add_argument("--model", default="dense_ae", choices=["dense_ae", "cnn_ae", "image_ae", "pca"])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=4, help="trials per throughput measurement")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="overhead: pairs measured after the cold pair")
+    args = ap.parse_args()
+
+    from jetscan.jobs.search import search
+    from jetscan.jobs.search import trial_run_name
+
+    cores = os.cpu_count() or 1
+    src = _store_study(args.store)
+    tmp = Path(tempfile.mkdtemp(prefix="jetscan-search-bench-"))
+    base = str(tmp / "base.zarr")
+    shutil.copytree(args.store, base, ignore=shutil.ignore_patterns("_runs", "_results", "results", "_search"))
+    preprocess(make_study(src, base, args.model, args.epochs, args.trials, cores), use_ray=False)
+
+    # ---- harness overhead: one trial vs the same run trained and evaluated bare, same process
+    warm = make_study(src, fresh_store(base, tmp, "warm"), args.model, args.epochs, args.trials, cores)
+    bare(warm, "base")  # imports, first-touch caches: not measured
+    pairs = []
+    for i in range(1 + args.repeat):
+        s = make_study(src, fresh_store(base, tmp, f"o{i}"), args.model, args.epochs, args.trials, cores)
+        bare_s = bare(s, "base")
+        t0 = time.perf_counter()
+        search(s, "one", trials=1, workers=1, threads=cores)
+        search_s = time.perf_counter() - t0
+        assert Path(s.store, "_results", trial_run_name("one", {"hyper.bottleneck": 6}) + ".parquet").exists()
+        pairs.append({"bare_s": bare_s, "search_s": search_s, "overhead": (search_s - bare_s) / search_s})
+        label = "cold" if i == 0 else f"repeat {i}"
+        print(f"overhead ({label}): bare train+evaluate {bare_s:.2f} s, one search trial {search_s:.2f} s, "
+              f"overhead {100 * pairs[-1]['overhead']:.1f}% of the trial's wall time")
+
+    # ---- throughput: the same grid points with 1 and N workers on the same cores
+    rates = {}
+    for n in (1, args.workers):
+        s = make_study(src, fresh_store(base, tmp, f"w{n}"), args.model, args.epochs, args.trials, cores // n)
+        t0 = time.perf_counter()
+        summary = search(s, "grid", workers=n, threads=max(1, cores // n))
+        seconds = time.perf_counter() - t0
+        done = summary["counts"]["COMPLETE"]
+        rates[n] = {"seconds": seconds, "complete": done, "trials_per_hour": 3600.0 * done / seconds}
+        print(f"{n} worker(s), {max(1, cores // n)} torch thread(s) each: {done} trials in {seconds:.1f} s "
+              f"= {rates[n]['trials_per_hour']:.0f} trials/hour (wall time incl. worker start-up)")
+    ratio = rates[args.workers]["trials_per_hour"] / rates[1]["trials_per_hour"]
+    repeated = [p["overhead"] for p in pairs[1:]] or [pairs[0]["overhead"]]
+    load = os.getloadavg()[0]
+    print(f"ratio trials/hour {args.workers} workers / 1 worker = {ratio:.2f}  ({args.model}, {args.epochs} epochs, "
+          f"{args.trials} trials, {cores} cores; target >= 1.8 for 2)")
+    print(f"harness overhead = {100 * pairs[0]['overhead']:.1f}% cold, {100 * min(repeated):.1f}-{100 * max(repeated):.1f}% "
+          f"repeated, of one trial's wall time (target <= 5%)")
+    if load > cores:
+        print(f"note: load average {load:.1f} on {cores} cores: the machine is shared, timings are disturbed")
+    append_result({
+        "bench": "search", "device": cpu_device(), "model": args.model, "epochs": args.epochs, "trials": args.trials,
+        "workers": args.workers, "throughput": rates, "ratio_trials_per_hour": ratio, "overhead": pairs,
+        "overhead_cold": pairs[0]["overhead"], "overhead_repeated_max": max(repeated),
+    })
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Hyper-parameter searches on real generated jets: trials are real runs in the results store.
+
+One tiny store (the session's Pythia jets, heimel40 images) is copied once for the module;
+trials are PCA fits and 1-10 epoch dense autoencoders on ~150 training jets (seconds each).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from jetscan.core.study import Study
+from jetscan.jobs.search import _load, default_storage, open_storage, search, trial_run_name
+from jetscan.storage import blobs
+from jetscan.storage.results import read_results
+
+pytestmark = [pytest.mark.slow, pytest.mark.pythia]
+
+RUNS = {
+    "pca": {"model": "pca", "samples": ["qcd"], "hyper": {"bottleneck": 6}},
+    "dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 2, "optimizer": "adam"},
+    "adv": {"model": "dense_ae", "samples": ["qcd"], "epochs": 2, "optimizer": "adam", "adversary": {"adv_lambda": 5e-4}},
+}
+SEARCHES = {
+    "bottleneck": {"run": "pca", "space": {"hyper.bottleneck": {"int": [2, 18], "step": 8}},
+                   "objectives": ["val_loss"], "sampler": "grid", "trials": 3},
+    "lr": {"run": "dense", "space": {"lr": {"float": [1e-4, 1e-2], "log": True}}, "pruner": "median", "trials": 3, "seed": 1},
+    "crash": {"run": "dense", "space": {"hyper.image_size": {"choices": [40, 37]}}, "sampler": "grid", "trials": 2},
+    "grid2": {"run": "pca", "space": {"hyper.bottleneck": {"int": [1, 6]}}, "sampler": "grid", "trials": 6},
+    "lambda": {"run": "adv", "space": {"adversary.lambda": {"float": [1e-4, 1e-1], "log": True}},
+               "objectives": [{"metric": "auc", "signal": "top"}, "sculpting"], "trials": 4, "seed": 3},
+    "kill": {"run": "dense", "space": {"hyper.bottleneck": {"choices": [4, 8]}, "epochs": {"choices": [12]}},
+             "sampler": "grid", "trials": 2},
+    "pg": {"run": "dense", "space": {"hyper.bottleneck": {"choices": [3, 5]}, "epochs": {"choices": [12]}},
+           "sampler": "grid", "trials": 2, "heartbeat_seconds": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def study(pythia_store, tmp_path_factory):
+    """The session's jets with heimel40 images, in a store of this module's own."""
+    from jetscan.jobs.preprocess import preprocess
+
+    data = pythia_store.model_dump(mode="json")
+    data["store"] = str(tmp_path_factory.mktemp("search") / "search.zarr")
+    shutil.copytree(pythia_store.store, data["store"], ignore=shutil.ignore_patterns("_runs", "_results", "results", "_search"))
+    data["preprocess"] = {"representations": ["heimel40"]}
+    data["train"] = {"runs": RUNS, "threads": 1}
+    data["search"] = SEARCHES
+    s = Study.from_dict(data)
+    preprocess(s, use_ray=False)
+    return s
+
+
+def trials_of(study: Study, name: str, storage: str | None = None):
+    url = storage or default_storage(study, name)
+    return _load(study, name, open_storage(url, study.search[name])).get_trials(deepcopy=False)
+
+
+def states(trials) -> list[str]:
+    return [("SKIPPED" if "skipped" in t.user_attrs else t.state.name) for t in trials]
+
+
+def test_a_small_search_writes_every_trial_to_parquet_with_its_parameters(study, tmp_path):
+    summary = search(study, "bottleneck", report_dir=tmp_path / "report")
+    trials = trials_of(study, "bottleneck")
+    assert states(trials).count("COMPLETE") == 3 and summary["counts"]["COMPLETE"] == 3
+    assert sorted(t.params["hyper.bottleneck"] for t in trials if t.state.name == "COMPLETE") == [2, 10, 18]
+    rows = [r for r in read_results(study.store).to_pylist() if r.get("search") == "bottleneck"]
+    assert sorted((r["param_hyper_bottleneck"], r["signal"]) for r in rows) == [
+        (b, s) for b in (2, 10, 18) for s in ("gluino", "top")
+    ]
+    for r in rows:
+        t = next(t for t in trials if t.user_attrs["run"] == r["run"])
+        assert r["trial"] == t.number and r["bottleneck"] == r["param_hyper_bottleneck"]
+        assert r["best_val_loss"] == pytest.approx(t.value) and 0 < r["auc"] < 1
+    # a PCA with more components reconstructs better
+    losses = {t.params["hyper.bottleneck"]: t.value for t in trials}
+    assert losses[18] < losses[10] < losses[2]
+    # weights are kept for the best trial only; scores and metrics for all
+    best = summary["best"][0]["run"]
+    assert best == trial_run_name("bottleneck", {"hyper.bottleneck": 18})
+    assert [p.split("/")[1] for p in blobs.glob(study.store, "_runs/bottleneck-*/checkpoint.pt")] == [best]
+    assert summary["knee_bottleneck"] in (2, 10, 18)
+    index = Path(summary["report"])
+    assert "Unsupervised choice" in index.read_text()
+    assert {"history_0.png", "bottleneck_val_loss.png", "bottleneck_auc.png"} <= {p.name for p in index.parent.iterdir()}
+    assert (index.parent / "best" / "roc.png").is_file() and (index.parent / "best" / "mass_sculpting.png").is_file()
+    # running it again trains nothing: the search is complete
+    again = search(study, "bottleneck", trials=3)
+    assert again["counts"]["COMPLETE"] == 3 and len(trials_of(study, "bottleneck")) == len(trials)
+
+
+def test_a_pruned_single_objective_search_over_the_learning_rate(study):
+    summary = search(study, "lr")
+    c = summary["counts"]
+    assert c["COMPLETE"] + c["PRUNED"] == 3 and c["COMPLETE"] >= 2
+    for t in trials_of(study, "lr"):
+        if t.state.name == "COMPLETE":
+            assert sorted(t.intermediate_values) == [0, 1]  # the pruner saw every epoch's val loss
+
+
+def test_a_crashing_trial_fails_with_its_error_and_the_search_goes_on(study):
+    summary = search(study, "crash", max_rounds=1)
+    trials = trials_of(study, "crash")
+    by_size = {t.params["hyper.image_size"]: t for t in trials}
+    assert by_size[40].state.name == "COMPLETE"
+    assert by_size[37].state.name == "FAIL"
+    assert by_size[37].user_attrs["error"].startswith("ConfigError: ")
+    assert "image1x37x37" in by_size[37].user_attrs["error"]
+    assert summary["counts"]["COMPLETE"] == 1 and summary["counts"]["FAIL"] == 1
+
+
+def test_two_workers_share_one_journal_and_never_run_a_grid_point_twice(study):
+    summary = search(study, "grid2", workers=2)
+    trials = trials_of(study, "grid2")
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["hyper.bottleneck"] for t in done) == [1, 2, 3, 4, 5, 6]
+    workers = {t.user_attrs["worker"] for t in done}
+    assert len(workers) == 2 and str(os.getpid()) not in " ".join(workers)  # two worker processes did them
+    assert summary["counts"]["COMPLETE"] == 6
+    runs = [r["run"] for r in read_results(study.store).to_pylist() if r.get("search") == "grid2" and r["signal"] == "top"]
+    assert len(runs) == len(set(runs)) == 6
+
+
+def test_a_multi_objective_lambda_search_gives_a_pareto_front(study, tmp_path):
+    summary = search(study, "lambda", report_dir=tmp_path)
+    assert summary["counts"]["COMPLETE"] == 4
+    assert summary["objectives"] == ["auc[top]", "jsd_50"]
+    front = summary["best"]
+    assert front and all(len(b["values"]) == 2 for b in front)
+    values = [tuple(b["values"]) for b in front]
+    for a in values:  # no point of the front dominates another (auc up, jsd down)
+        assert not any(b != a and b[0] >= a[0] and b[1] <= a[1] for b in values)
+    assert (tmp_path / "search-lambda" / "pareto.png").is_file()
+    rows = [r for r in read_results(study.store).to_pylist() if r.get("search") == "lambda"]
+    assert {r["adv_lambda"] for r in rows} == {r["param_adversary_adv_lambda"] for r in rows} and len(rows) == 8
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jetscan.jobs.cli", *args]
+
+
+def _wait_for(cond, timeout: float, proc=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not cond():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (rc {proc.returncode}) before it could be killed")
+        time.sleep(0.05)
+    assert cond(), "timed out"
+
+
+def test_a_killed_search_finishes_when_run_again_without_redoing_or_duplicating(study, tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(study.to_yaml())
+    first = trial_run_name("kill", {"hyper.bottleneck": 4, "epochs": 12})
+    second = trial_run_name("kill", {"hyper.bottleneck": 8, "epochs": 12})
+    proc = subprocess.Popen(_cli("search", str(path), "kill"), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # kill it once one trial is complete and the other has written a checkpoint
+    runs = (first, second)
+    _wait_for(lambda: sum(blobs.exists(study.store, f"_results/{r}.parquet") for r in runs) == 1
+              and all(blobs.exists(study.store, f"_runs/{r}/checkpoint.pt") for r in runs), 240, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_run = next(r for r in runs if blobs.exists(study.store, f"_results/{r}.parquet"))
+    killed_run = next(r for r in runs if r != done_run)
+    stamp = os.stat(Path(study.store) / "_results" / f"{done_run}.parquet").st_mtime_ns
+    assert [t.state.name for t in trials_of(study, "kill")].count("RUNNING") == 1
+    rc = subprocess.run(_cli("search", str(path), "kill"), stdout=subprocess.DEVNULL, timeout=300).returncode
+    assert rc == 0
+    trials = trials_of(study, "kill")
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["run"] for t in complete) == sorted(runs)  # no duplicate
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and "died mid-trial" in failed[0].user_attrs["error"]
+    retry = next(t for t in complete if t.user_attrs.get("retry_of") == failed[0].number)
+    assert retry.user_attrs["run"] == killed_run == failed[0].user_attrs["run"]
+    # the finished trial was not trained or evaluated again
+    assert os.stat(Path(study.store) / "_results" / f"{done_run}.parquet").st_mtime_ns == stamp
+
+
+# -------------------------------------------------------------------------------------- PostgreSQL
+
+_PG = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+PG_BIN = _PG[-1].parent if _PG else Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 (as the postgres user when run as root)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (make installs Debian's postgresql)")
+    pytest.importorskip("psycopg2")
+    base = tmp_path_factory.mktemp("pg")
+    data, port = base / "data", _free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as (postgres refuses root)")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        os.chmod(base, 0o700)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *a: subprocess.run([*as_user, *map(str, a)], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run(PG_BIN / "initdb", "-D", data, "-U", "jetscan", "--auth=trust", "-E", "UTF8")
+    run(PG_BIN / "pg_ctl", "-D", data, "-l", base / "log", "-w", "-t", "60", "start",
+        "-o", f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off")
+    try:
+        run(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "jetscan", "optuna")
+        yield f"postgresql+psycopg2://jetscan@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+
+
+def test_postgresql_storage_retries_a_killed_workers_trial_through_the_heartbeat(study, tmp_path, postgres):
+    from jetscan.jobs.search import create_search
+
+    path = tmp_path / "study.yaml"
+    path.write_text(study.to_yaml())
+    create_search(study, "pg", open_storage(postgres, study.search["pg"]))
+    proc = subprocess.Popen(_cli("search-worker", str(path), "pg", "--storage", postgres), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: len(blobs.glob(study.store, "_runs/pg-*/checkpoint.pt")) == 1, 240, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = [t for t in trials_of(study, "pg", postgres) if t.state.name == "RUNNING"]
+    assert len(killed) == 1
+    summary = search(study, "pg", storage=postgres)
+    trials = trials_of(study, "pg", postgres)
+    assert summary["counts"]["COMPLETE"] == 2
+    stale = next(t for t in trials if t.number == killed[0].number)
+    assert stale.state.name == "FAIL"  # failed by the heartbeat check
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+    assert retried[0].params == killed[0].params
+    assert sorted(t.params["hyper.bottleneck"] for t in trials if t.state.name == "COMPLETE") == [3, 5]
