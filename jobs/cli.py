@@ -6,6 +6,7 @@
     jetscan train STUDY.yaml --model RUN [--restart] [--np N] [--backend horovod|ddp] [--address HOST:PORT [--min-np M]]
     jetscan evaluate STUDY.yaml    [--model RUN ...] [--report DIR]
     jetscan info STORE             samples, jet counts, stored inputs and the shard catalog
+    jetscan search STUDY.yaml NAME [--trials N] [--workers N] [--address HOST:PORT] [--storage URL]
     jetscan serve STORE...         [--host H] [--port N] [--token-file F] [--no-auth]: read-only HTTP service
     jetscan query URL|STORE QUERY  [--columns ...] [--format table|csv|parquet]
 """
@@ -326,6 +327,15 @@ def _register_serving() -> None:
 
 
 _register_serving()
+
+
+def _register_search() -> None:
+    from jetscan.jobs.search import add_commands
+
+    add_commands(app)  # jetscan search STUDY NAME, jetscan search-worker STUDY NAME --storage URL
+
+
+_register_search()
 
 
 def _register_store_and_cloud() -> None:
