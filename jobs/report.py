@@ -471,6 +471,11 @@ def write_report(store: str, study_name: str, out_dir) -> Path:
         "inclusive shape (0 = no sculpting, ln 2 = disjoint). Accuracy for taggers only (p(signal) &gt; 0.5).</p>",
         _html_table(headers, rows),
     ]
+    searches = sorted(out.glob("search-*/index.html"))  # written by jetscan search into the same folder
+    if searches:
+        parts.append("<h2>Searches</h2><ul>" + "".join(
+            f'<li><a href="{quote(p.relative_to(out).as_posix())}">{e(p.parent.name.removeprefix("search-"))}</a></li>'
+            for p in searches) + "</ul>")
     for run in runs:
         result = res.read_run(store, run)
         pngs = plot_run(result, out / "runs" / _safe(run))
