@@ -125,11 +125,12 @@ class HistogramsOut(BaseModel):
 
 
 _ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 _TABLE_RESPONSES = {
     **_ERRORS,
     200: {
         "description": "one page of the table: JSON, Arrow IPC stream or parquet (headers X-Total-Rows, X-Next-Offset)",
-        "content": {ARROW: {"schema": {"type": "string", "format": "binary"}}, PARQUET: {"schema": {"type": "string", "format": "binary"}}},
+        "content": {ARROW: _BINARY, PARQUET: _BINARY},
     },
 }
 
@@ -177,6 +178,26 @@ def _resolve(root: Path, path: str) -> Path:
     if not full.is_relative_to(root) or not full.is_file():
         raise HTTPException(404, f"no file {path!r} in the store")
     return full
+
+
+_RANGE = re.compile(r"bytes=(\d{1,19})-(\d{0,19})|bytes=-(\d{1,19})")
+
+
+def _check_range(value: str, size: int) -> None:
+    """One byte range (``bytes=a-b``, ``bytes=a-`` or the suffix ``bytes=-n``), as zarr asks:
+    anything else is a JSON 400, a range past the end a JSON 416."""
+    from fastapi import HTTPException
+
+    m = _RANGE.fullmatch(value.strip())
+    if not m:
+        raise HTTPException(400, f"Range {value[:100]!r} not supported: ask for one range, bytes=START-END, bytes=START- or bytes=-N")
+    start, end, suffix = m.groups()
+    if suffix is not None:
+        if int(suffix) == 0:
+            raise HTTPException(416, f"Range {value!r}: an empty suffix selects nothing", headers={"content-range": f"bytes */{size}"})
+        return
+    if int(start) >= size or (end and int(end) < int(start)):
+        raise HTTPException(416, f"Range {value!r} is outside the file's {size} bytes", headers={"content-range": f"bytes */{size}"})
 
 
 # --------------------------------------------------------------------------------------
@@ -406,7 +427,10 @@ def create_app(stores: dict[str, str | Path] | list[str], *, token: str | None, 
             rel = str(full.parent.relative_to(roots[store])).replace(os.sep, "/")
             node = remote.consolidated_group_json(str(roots[store]), "" if rel == "." else rel)
             return JSONResponse(node)
-        if "range" not in request.headers and full.stat().st_size > settings.max_file_bytes:
+        size = full.stat().st_size
+        if "range" in request.headers:
+            _check_range(request.headers["range"], size)
+        elif size > settings.max_file_bytes:
             raise HTTPException(413, f"{path!r} is larger than {settings.max_file_bytes} bytes: ask for byte ranges (Range: bytes=...)")
         return FileResponse(full, media_type="application/octet-stream")
 
@@ -417,7 +441,14 @@ def create_app(stores: dict[str, str | Path] | list[str], *, token: str | None, 
             methods=[method],
             operation_id=f"zarr_file_{method.lower()}",
             summary="a file of the store's zarr hierarchy (HTTP Range supported; a group's zarr.json carries consolidated metadata)",
-            responses={**_ERRORS, 206: {"description": "partial content"}, 413: {"model": ErrorOut}},
+            response_class=Response,
+            responses={
+                **_ERRORS,
+                200: {"description": "the file (zarr.json as JSON)", "content": {"application/octet-stream": _BINARY, "application/json": {"schema": {"type": "object"}}}},
+                206: {"description": "the requested byte range", "content": {"application/octet-stream": _BINARY}},
+                413: {"model": ErrorOut},
+                416: {"model": ErrorOut},
+            },
         )
 
     if settings.cors_origins:

@@ -32,7 +32,11 @@ import zarr
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.storage import remote
 
-pytestmark = [pytest.mark.slow, pytest.mark.pythia]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.pythia,
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+]
 
 TOKEN = "serve-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -219,6 +223,9 @@ def test_range_requests(server, study_store):
     assert r.headers["content-range"] == f"bytes 10-19/{len(local)}"
     r = requests.get(url, headers={**AUTH, "Range": "bytes=-16"}, timeout=30)  # suffix: the shard index read
     assert r.status_code == 206 and r.content == local[-16:]
+    for bad, status in (("bytes=0-1,4-5", 400), ("lines=0-1", 400), (f"bytes={len(local)}-", 416), ("bytes=9-3", 416)):
+        r = requests.get(url, headers={**AUTH, "Range": bad}, timeout=30)
+        assert r.status_code == status and r.json()["error"], bad
     r = requests.head(url, headers=AUTH, timeout=30)
     assert r.status_code == 200 and int(r.headers["content-length"]) == len(local) and r.headers["accept-ranges"] == "bytes"
     r = requests.get(url, headers=AUTH, timeout=30)
@@ -582,19 +589,45 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 
+def _steer(case, store, run, path):
+    """Point most generated cases at the real store, runs and files (random names only 404)."""
+    params = case.path_parameters or {}
+    for key, value in (("store", store), ("run", run), ("path", path)):
+        if key in params and value is not None:
+            params[key] = value
+    return case
+
+
 def test_api_conforms_to_its_openapi_schema(app):
     """Generated requests (valid and invalid parameters) to every operation never get a 500,
-    and every response matches its declared status codes, content type and schema."""
+    and every response matches its declared status codes, content type and schema (all of
+    schemathesis' checks but one: see below)."""
+    from hypothesis import strategies as st
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 9
+    seen = {"ok": 0, "calls": 0}
     for operation in operations:
+        cases = st.builds(
+            _steer,
+            operation.as_strategy(),
+            st.sampled_from(["study", "study", None]),
+            st.sampled_from(["pca_b4", "pca_b8", None]),
+            st.sampled_from(["zarr.json", "results/zarr.json", "results/pca_b4/roc/top/eps_b/c/0", "qcd/jets/mass/c/0", None]),
+        )
 
-        @given(case=operation.as_strategy())
+        @given(case=cases)
         @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
         def check(case):
             response = case.call(headers=AUTH)
+            seen["calls"] += 1
+            seen["ok"] += response.status_code < 300
             assert response.status_code < 500, (case.method, case.formatted_path, response.text[:500])
-            case.validate_response(response)
+            # a filter or column list can be well-formed text yet name no column: that 400 is
+            # the filter language's answer, which a schema cannot express
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
         check()
+    assert seen["ok"] >= seen["calls"] // 4  # most cases reach real data, not only 404s and 422s
