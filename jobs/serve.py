@@ -272,6 +272,7 @@ def create_app(stores: dict[str, str | Path] | list[str], *, token: str | None, 
     settings = settings or ServeSettings()
     roots = parse_stores(list(stores)) if isinstance(stores, list) else {n: Path(p).resolve() for n, p in stores.items()}
     readers = {name: remote.StoreReader(str(path)) for name, path in roots.items()}
+    consolidated: dict = {}  # group folder -> (signature of the zarr.json files below, answer)
 
     app = FastAPI(
         title="jetscan results",
@@ -425,7 +426,7 @@ def create_app(stores: dict[str, str | Path] | list[str], *, token: str | None, 
         full = _resolve(roots[store], path)
         if full.name == "zarr.json":
             rel = str(full.parent.relative_to(roots[store])).replace(os.sep, "/")
-            node = remote.consolidated_group_json(str(roots[store]), "" if rel == "." else rel)
+            node = remote.consolidated_group_json(str(roots[store]), "" if rel == "." else rel, cache=consolidated)
             return JSONResponse(node)
         size = full.stat().st_size
         if "range" in request.headers:

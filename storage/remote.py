@@ -240,27 +240,47 @@ def table_to_parquet(table: pa.Table) -> bytes:
 # consolidated metadata (a hierarchy readable without listing)
 
 
-def consolidated_group_json(root: str, group_path: str = "") -> dict:
+def consolidated_group_json(root: str, group_path: str = "", cache: dict | None = None) -> dict:
     """The ``zarr.json`` of the group at ``<root>/<group_path>`` (a local folder) with zarr's
     inline consolidated metadata of every node below it, built in memory (nothing is written).
 
     HTTP cannot list folders (zarr #1568, #2984): ``jetscan serve`` answers a group's
     ``zarr.json`` with this, so a zarr client opens and walks any served group. Only folders
     whose names a served path may hold are included (no ``_catalog``, no hidden files).
+
+    ``cache`` (a dict the caller keeps) skips re-reading when no ``zarr.json`` below changed
+    (same paths, sizes and modification times): the walk and its stats remain, the parsing goes.
     """
     base = os.path.join(root, group_path) if group_path else root
+    found = []
+    kinds = cache.setdefault("node_types", {}) if cache is not None else {}
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if _servable_name(d) and not os.path.islink(os.path.join(dirpath, d)))
+        if "zarr.json" in filenames:
+            path = os.path.join(dirpath, "zarr.json")
+            st = os.stat(path)
+            found.append((os.path.relpath(dirpath, base).replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
+            key = (path, st.st_size, st.st_mtime_ns)
+            if key not in kinds:
+                with open(path, "rb") as f:
+                    kinds[key] = json.load(f).get("node_type")
+            if kinds[key] == "array":
+                dirnames[:] = []  # an array's folders hold chunks, never nodes
+    signature = tuple(found)
+    if cache is not None and cache.get(base, (None,))[0] == signature:
+        return cache[base][1]
+    if len(kinds) > 100_000:
+        kinds.clear()
     with open(os.path.join(base, "zarr.json"), "rb") as f:
         node = json.load(f)
     if node.get("node_type") != "group":
         return node
     empty = {"kind": "inline", "must_understand": False, "metadata": {}}
     flat: dict[str, dict] = {}
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if _servable_name(d) and not os.path.islink(os.path.join(dirpath, d)))
-        if dirpath == base or "zarr.json" not in filenames:
+    for rel, _, _ in found:
+        if rel == ".":
             continue
-        rel = os.path.relpath(dirpath, base).replace(os.sep, "/")
-        with open(os.path.join(dirpath, "zarr.json"), "rb") as f:
+        with open(os.path.join(base, rel, "zarr.json"), "rb") as f:
             child = json.load(f)
         if child.get("node_type") == "group":
             child["consolidated_metadata"] = empty  # children, if any, are filled in by zarr
@@ -270,6 +290,11 @@ def consolidated_group_json(root: str, group_path: str = "") -> dict:
         "must_understand": False,
         "metadata": {k: flat[k] for k in sorted(flat, key=lambda k: (k.count("/"), k))},
     }
+    if cache is not None:
+        if len(cache) > 256:
+            cache.clear()
+            cache["node_types"] = kinds
+        cache[base] = (signature, node)
     return node
 
 
@@ -298,6 +323,7 @@ class StoreReader:
         self._lock = threading.Lock()
         self._results_key = None
         self._results_table: pa.Table | None = None
+        self._cache: dict = {}
         if not self.fs.exists(f"{self.base}/zarr.json"):
             raise StorageError(
                 f"no jetscan store at {self.url!r} (no zarr.json there): run the study's stages first, or check the path"
@@ -337,8 +363,25 @@ class StoreReader:
 
     def samples(self) -> pa.Table:
         """One row per sample: process, jets committed (from the shard catalog), planned, shards."""
+        pattern = f"{CATALOG_DIR}/*/shard-*.parquet"
+        key = ("samples", self._signature(pattern), self._signature("*/zarr.json"), self._signature("zarr.json"))
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        table = self._samples(pattern)
+        with self._lock:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "samples"}
+            self._cache[key] = table
+        return table
+
+    def _signature(self, pattern: str) -> tuple:
+        """Names, sizes and modification times of the files matching ``pattern`` (cache keys)."""
+        found = self.fs.glob(f"{self.base}/{pattern}", detail=True)
+        return tuple(sorted((p, d.get("size"), str(d.get("mtime", d.get("LastModified", d.get("ETag"))))) for p, d in found.items()))
+
+    def _samples(self, pattern: str) -> pa.Table:
         attrs = self._json("zarr.json").get("attributes", {})
-        _, tables = self._parquet(f"{CATALOG_DIR}/*/shard-*.parquet")
+        _, tables = self._parquet(pattern)
         committed: dict[str, list[int]] = {}
         for t in tables:
             for s, n in zip(t.column("sample").to_pylist(), t.column("n_jets").to_pylist()):
