@@ -33,17 +33,26 @@ def use_storage_options(store: str, storage_options: dict | None) -> None:
     ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``...) and are never written into a
     store. A local path ignores the options.
     """
-    if not storage_options or "://" not in str(store):
-        _check_protocol(store)
-        return
-    protocol = str(store).split("://", 1)[0]
     _check_protocol(store)
+    if "://" not in str(store):
+        return
     import fsspec.config
 
+    protocol = str(store).split("://", 1)[0]
     cls = fsspec.get_filesystem_class(protocol)
-    for proto in cls.protocol if isinstance(cls.protocol, (tuple, list)) else [cls.protocol]:
-        fsspec.config.conf[proto] = dict(storage_options)
-    fsspec.config.conf[protocol] = dict(storage_options)
+    protos = {protocol, *(cls.protocol if isinstance(cls.protocol, (tuple, list)) else [cls.protocol])}
+    for proto in protos:
+        if storage_options:
+            fsspec.config.conf[proto] = dict(storage_options)
+            _APPLIED[proto] = dict(storage_options)
+        elif proto in _APPLIED:  # a study without options: drop what an earlier study set here
+            if fsspec.config.conf.get(proto) == _APPLIED.pop(proto):
+                fsspec.config.conf.pop(proto, None)
+
+
+# what use_storage_options put into fsspec.config.conf (so a later study without options undoes
+# it, leaving any configuration the user keeps in fsspec's own config files alone)
+_APPLIED: dict[str, dict] = {}
 
 
 def _check_protocol(store: str) -> None:
