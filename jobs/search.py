@@ -119,13 +119,15 @@ def open_storage(url: str, cfg: SearchConfig):
 
     if _is_rdb(url):
         try:
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=cfg.heartbeat_seconds,
-                grace_period=_grace_seconds(cfg),
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=cfg.heartbeat_seconds,
+                    grace_period=_grace_seconds(cfg),
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                )
         except Exception as exc:  # noqa: BLE001 - sqlalchemy / driver errors: one line with the fix
             raise StorageError(f"--storage {_redact(url)}: cannot open the database ({type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); check the URL and that "

@@ -37,8 +37,9 @@ SEARCHES = {
     "grid2": {"run": "pca", "space": {"hyper.bottleneck": {"int": [1, 6]}}, "sampler": "grid", "trials": 6},
     "lambda": {"run": "adv", "space": {"adversary.lambda": {"float": [1e-4, 1e-1], "log": True}},
                "objectives": [{"metric": "auc", "signal": "top"}, "sculpting"], "trials": 4, "seed": 3},
-    "kill": {"run": "dense", "space": {"hyper.bottleneck": {"choices": [4, 8]}, "epochs": {"choices": [12]}},
+    "kill": {"run": "dense", "space": {"hyper.bottleneck": {"choices": [4, 8]}, "epochs": {"choices": [8]}},
              "sampler": "grid", "trials": 2},
+    "ray": {"run": "pca", "space": {"hyper.bottleneck": {"choices": [3, 5]}}, "sampler": "grid", "trials": 2},
     "pg": {"run": "dense", "space": {"hyper.bottleneck": {"choices": [3, 5]}, "epochs": {"choices": [12]}},
            "sampler": "grid", "trials": 2, "heartbeat_seconds": 1},
 }
@@ -145,6 +146,14 @@ def test_a_multi_objective_lambda_search_gives_a_pareto_front(study, tmp_path):
     assert {r["adv_lambda"] for r in rows} == {r["param_adversary_adv_lambda"] for r in rows} and len(rows) == 8
 
 
+def test_workers_as_ray_tasks(study, ray_local):
+    summary = search(study, "ray", workers=2, address="auto")  # joins the session's local Ray instance
+    trials = trials_of(study, "ray")
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert summary["counts"]["COMPLETE"] == 2 and sorted(t.params["hyper.bottleneck"] for t in done) == [3, 5]
+    assert all(not t.user_attrs["worker"].endswith(f":{os.getpid()}") for t in done)  # ran in Ray workers
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "jetscan.jobs.cli", *args]
 
@@ -161,8 +170,8 @@ def _wait_for(cond, timeout: float, proc=None) -> None:
 def test_a_killed_search_finishes_when_run_again_without_redoing_or_duplicating(study, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(study.to_yaml())
-    first = trial_run_name("kill", {"hyper.bottleneck": 4, "epochs": 12})
-    second = trial_run_name("kill", {"hyper.bottleneck": 8, "epochs": 12})
+    first = trial_run_name("kill", {"hyper.bottleneck": 4, "epochs": 8})
+    second = trial_run_name("kill", {"hyper.bottleneck": 8, "epochs": 8})
     proc = subprocess.Popen(_cli("search", str(path), "kill"), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # kill it once one trial is complete and the other has written a checkpoint
@@ -203,12 +212,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
     """A real PostgreSQL server on 127.0.0.1 (as the postgres user when run as root)."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (make installs Debian's postgresql)")
     pytest.importorskip("psycopg2")
-    base = tmp_path_factory.mktemp("pg")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="jetscan-pg-"))  # under /tmp: the postgres user can reach it
     data, port = base / "data", _free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:
@@ -217,11 +228,20 @@ def postgres(tmp_path_factory):
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server as (postgres refuses root)")
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+                           capture_output=True)
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root, and no 'postgres' user could be made to run the server (it refuses root)")
         os.chown(base, pw.pw_uid, pw.pw_gid)
         os.chmod(base, 0o700)
         as_user = ["runuser", "-u", "postgres", "--"]
-    run = lambda *a: subprocess.run([*as_user, *map(str, a)], check=True, capture_output=True, timeout=120)  # noqa: E731
+
+    def run(*args):
+        out = subprocess.run([*as_user, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"{Path(str(args[0])).name} failed: {out.stderr.strip()[-2000:]}"
+
     run(PG_BIN / "initdb", "-D", data, "-U", "jetscan", "--auth=trust", "-E", "UTF8")
     run(PG_BIN / "pg_ctl", "-D", data, "-l", base / "log", "-w", "-t", "60", "start",
         "-o", f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off")
@@ -230,6 +250,7 @@ def postgres(tmp_path_factory):
         yield f"postgresql+psycopg2://jetscan@127.0.0.1:{port}/optuna"
     finally:
         subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_postgresql_storage_retries_a_killed_workers_trial_through_the_heartbeat(study, tmp_path, postgres):
