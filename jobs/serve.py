@@ -236,11 +236,20 @@ class _Guard:
             return await self._reply(send, 503, f"busy: {self.active} requests in flight; retry shortly", {"retry-after": "1"})
         self.active += 1
         started = False
+        done = False
+
+        def finish() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.active -= 1
 
         async def tracking_send(message):
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finish()  # the answer is out: the client may send its next request before this task ends
             await send(message)
 
         try:
@@ -250,7 +259,7 @@ class _Guard:
             if not started:
                 await self._reply(send, 500, "internal error (logged by the service)")
         finally:
-            self.active -= 1
+            finish()
 
 
 # --------------------------------------------------------------------------------------
