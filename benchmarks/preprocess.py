@@ -34,14 +34,12 @@ a. **images**, one thread (OMP_NUM_THREADS=1), jets/s per core:
    at positive y and phi where ours puts the *hardest constituent* in the upper-right
    quadrant (the rotation, major axis vertical about the pT centroid, is the same).
 
-b. **the loader**: samples/s of ``JetStream(study, ["qcd", "top"], "heimel40")`` (stored
-   images, shuffle on, the study's default 4,096-jet shuffle buffer, batch 128) feeding a
-   single ``torch.nn.Linear(1600, 2)`` (forward, cross entropy, backward, SGD step), against
-   the same loop over in-memory numpy arrays of the same jets (a shuffled index order per
-   epoch, ``torch.from_numpy`` per batch of 128), over ``--epochs`` epochs after one untimed
-   warm-up epoch each; then the on-the-fly mode (``on_the_fly=True``). Prints the ratio
-   loader / in-memory (target >= 0.95), first-batch latency, p50/p95 step times. The model
-   runs on one torch thread; the loader's reading threads may use the second core.
+b. **the loader**: runs ``benchmarks/loader.py`` on this store (``--base-store``): JetStream
+   over a tiled store larger than its cache, a shuffle buffer much smaller than the data,
+   whole epochs with their start, cold (fresh process, page cache dropped) and warm, wall time
+   with start-up, against the same consumer over in-memory arrays; see that script. (An
+   earlier version of this part timed epochs served from the decoded-chunk cache its own
+   untimed warm-up pass had filled; its loader/in-memory 0.999 did not measure streaming.)
 
 Jets: a store of ``--qcd`` + ``--top`` jets generated once with ``generate(study,
 use_ray=False)`` into ``--work`` (reused by later runs and by ``benchmarks/train.py``), or
@@ -49,7 +47,7 @@ use_ray=False)`` into ``--work`` (reused by later runs and by ``benchmarks/train
 directory first, never modified). Appends one JSON line to ``benchmarks/results.jsonl``.
 
     python benchmarks/preprocess.py [--qcd 2000 --top 1000] [--tile 100000] [--ef-jets 20000]
-                                    [--epochs 5] [--store out/quickstart.zarr] [--quick]
+                                    [--epochs 3] [--store out/quickstart.zarr] [--quick]
 """
 
 from __future__ import annotations
@@ -330,117 +328,17 @@ def images_part(args, pt, eta, phi) -> dict:
 
 
 # --------------------------------------------------------------------------- b. loader
-def linear_step():
-    import torch
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(1600, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def step(x, y):
-        loss = torch.nn.functional.cross_entropy(model(x.reshape(len(x), -1)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def loop_stream(stream, epochs: int, first_epoch: int):
-    """(jets, seconds, per-epoch first-batch latency, step times) over ``epochs`` epochs."""
-    step = linear_step()
-    n, total, first, steps, heads = 0, 0.0, [], [], []
-    for e in range(first_epoch, first_epoch + epochs):
-        stream.set_epoch(e)
-        t0 = prev = time.perf_counter()
-        for k, batch in enumerate(stream):
-            if k == 0:
-                first.append(time.perf_counter() - t0)
-            step(batch["x"], batch["label"])
-            now = time.perf_counter()
-            steps.append(now - prev)
-            prev = now
-            n += len(batch["label"])
-            if k == 0:
-                heads.append((len(batch["label"]), steps[-1]))
-        total += prev - t0
-    return n, total, first, steps, heads
-
-
-def loop_memory(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, first_epoch: int):
-    import torch
-
-    step = linear_step()
-    n, total, first, steps, heads = 0, 0.0, [], [], []
-    for e in range(first_epoch, first_epoch + epochs):
-        t0 = prev = time.perf_counter()
-        order = np.random.default_rng(e).permutation(len(x))
-        for s in range(0, len(x), batch):
-            idx = order[s : s + batch]
-            xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-            if s == 0:
-                first.append(time.perf_counter() - t0)
-            step(xb, yb)
-            now = time.perf_counter()
-            steps.append(now - prev)
-            prev = now
-            n += len(idx)
-            if s == 0:
-                heads.append((len(idx), steps[-1]))
-        total += prev - t0
-    return n, total, first, steps, heads
-
-
-def summary(name: str, res) -> dict:
-    n, total, first, steps, heads = res
-    n_head, t_head = (sum(h[i] for h in heads) for i in (0, 1))
-    out = {
-        "rate": n / total,
-        "steady_rate": (n - n_head) / (total - t_head) if n > n_head else float("nan"),
-        "first_batch_ms": 1e3 * float(np.mean(first)),
-        "first_batch_ms_epoch0": 1e3 * first[0],
-        "p50_ms": 1e3 * float(np.percentile(steps, 50)),
-        "p95_ms": 1e3 * float(np.percentile(steps, 95)),
-        "jets": n,
-        "seconds": total,
-    }
-    print(f"  {name:28s} {out['rate']:9.0f} samples/s ({out['steady_rate']:7.0f} past each epoch's first batch)  "
-          f"first batch {out['first_batch_ms']:7.2f} ms (mean over epochs), step p50 {out['p50_ms']:6.3f} ms, "
-          f"p95 {out['p95_ms']:6.3f} ms")
-    return out
-
-
 def loader_part(args, study: Study) -> dict:
-    import torch
-
-    from jetscan.storage.loader import JetStream
-
-    torch.set_num_threads(1)
-    stream = JetStream(study, list(SAMPLES), "heimel40", split="train", shuffle=True, batch_size=args.loader_batch)
-    xs, ys = [], []
-    for b in stream.iter_numpy(epoch=10_000):  # untimed warm-up epoch; gives the in-memory copy
-        xs.append(b["x"])
-        ys.append(b["label"])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    print(f"b. loader: {len(x)} jets x {args.epochs} epochs, batch {stream.batch_size}, shuffle buffer "
-          f"{study.data.shuffle_buffer_jets} jets, prefetch {study.data.prefetch_chunks} chunks, model Linear(1600, 2) "
-          f"+ SGD on 1 torch thread")
-    loop_memory(x, y, 1, stream.batch_size, 10_000)  # warm-up
-    mem = summary("in-memory numpy", loop_memory(x, y, args.epochs, stream.batch_size, 0))
-    st = summary("JetStream (stored heimel40)", loop_stream(stream, args.epochs, 0))
-    otf_stream = JetStream(study, list(SAMPLES), "heimel40", split="train", shuffle=True, on_the_fly=True,
-                           batch_size=args.loader_batch)
-    loop_stream(otf_stream, 1, 10_000)  # warm-up
-    otf = summary("JetStream on the fly", loop_stream(otf_stream, args.epochs, 0))
-    ratio = st["rate"] / mem["rate"]
-    steady = st["steady_rate"] / mem["steady_rate"]
-    print(f"ratio loader/in-memory   = {ratio:.3f}  (target >= 0.95; whole epochs, each epoch's start included)")
-    print(f"  past each epoch's first batch: {steady:.3f}  (an epoch's first batch waits for min(shuffle buffer, "
-          "all its jets) to be read)")
-    print(f"ratio on-the-fly/in-mem  = {otf['rate'] / mem['rate']:.3f}")
-    return {"jets": int(len(x)), "epochs": args.epochs, "shuffle_buffer_jets": study.data.shuffle_buffer_jets,
-            "in_memory": mem, "stored": st, "on_the_fly": otf, "ratio_loader_over_memory": ratio, "ratio_steady": steady,
-            "ratio_on_the_fly_over_memory": otf["rate"] / mem["rate"]}
+    """benchmarks/loader.py on this store (it appends its own results line)."""
+    cmd = [sys.executable, str(HERE / "loader.py"), "--base-store", study.store, "--epochs", str(args.epochs),
+           "--batch", str(args.loader_batch)]
+    if args.buffer is not None:
+        cmd += ["--buffer", str(args.buffer)]
+    if args.quick:
+        cmd.append("--quick")
+    print("b. loader: " + " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+    return {"see": "benchmarks/loader.py (its own results line, bench=loader)"}
 
 
 # ------------------------------------------------------------------------------- main
@@ -460,7 +358,7 @@ def main() -> None:
     ap.add_argument("--ef-python", default=str(EF_ENV / "bin" / "python"))
     ap.add_argument("--npix", type=int, default=40, help="energyflow grid: pixels per side")
     ap.add_argument("--img-width", type=float, default=1.5, help="energyflow grid: width (heimel40_centred's)")
-    ap.add_argument("--epochs", type=int, default=5, help="timed loader epochs per mode")
+    ap.add_argument("--epochs", type=int, default=3, help="loader epochs per side (loader.py --epochs)")
     ap.add_argument("--buffer", type=int, default=None, help="shuffle_buffer_jets (default: the study default)")
     ap.add_argument("--loader-batch", type=int, default=128)
     ap.add_argument("--skip-ef", action="store_true")

@@ -28,10 +28,18 @@ in memory:
   in full batches plus a last partial one, as before;
 - **shuffling**: chunk order per epoch, then a bounded buffer of ``shuffle_buffer_jets``
   jets mixed across chunks;
-- **prefetch**: background threads read the next ``prefetch_chunks`` chunks while the
-  current ones are consumed (zarr's decompression releases the GIL);
-- **cache**: decoded chunks are kept in memory up to ``data.cache_mb``, so the epochs after
-  the first read a sample that fits from memory (a 100k-jet 40x40 training set is ~640 MB);
+- **decode workers**: ``data.decode_workers`` threads read and decode the next
+  ``data.prefetch_chunks`` chunks while the current ones are consumed (zarr's blosc / zstd
+  decompression and numpy's copies release the GIL). Results are taken in chunk order, so
+  the batches are the same for any number of workers;
+- **bounded memory**: ``data.cache_mb`` bounds every decoded byte a stream holds: its
+  cache, its shuffle buffer (a fixed block of ``max(buffer, batch, buffer / 2 + batch) +
+  chunk`` jets, filled slot by slot, so a batch is one gather and no chunk is copied twice)
+  and its read-ahead queue. The cache gets what the working set leaves (none when
+  ``cache_mb`` is below the working set, which is then all the stream holds), keeps the
+  first chunks it sees and never evicts (a cyclic epoch would thrash an LRU), so a 100M-jet
+  store streams in the same RAM as a 100k-jet one. :meth:`JetStream.memory` reports the
+  accounted bytes (cache, buffer, queue) and their peak;
 - **on the fly**: ``on_the_fly=True`` reads stored constituents and computes the
   representation in the reading thread with the same function ``jetscan preprocess``
   uses, so the arrays are identical to the stored ones.
@@ -39,6 +47,9 @@ in memory:
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +65,11 @@ except ImportError as exc:  # pragma: no cover - torch is installed by `make`
         "jetscan.storage.loader needs PyTorch: pip install 'jetscan[ml]' (torch==2.13.0, the CPU build), "
         "or install a CUDA build of torch first"
     ) from exc
+
+try:  # one event-loop trip for the arrays of a chunk (zarr 3); plain per-array reads otherwise
+    from zarr.core.sync import sync as _zarr_sync
+except ImportError:  # pragma: no cover
+    _zarr_sync = None
 
 from jetscan.core import representations as reps
 from jetscan.core.errors import ConfigError, StorageError
@@ -180,13 +196,71 @@ class JetStream(torch.utils.data.IterableDataset):
                 if len(rows):
                     self._units.append(_Unit(i, start, min(start + chunk, len(mask)), rows))
         self.n_jets_total = int(sum(len(u.rows) for u in self._units))
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
-        self._cache_budget = study.data.cache_mb * 2**20
+        self.decode_workers = int(getattr(study.data, "decode_workers", 4))
+        self.row_bytes = self._row_bytes()
+        # everything decoded is accounted: cache + shuffle buffers + read-ahead queue <= cache_mb
+        self.memory_limit_bytes = study.data.cache_mb * 2**20
+        self.working_set_bytes = self._working_set_rows() * self.row_bytes
+        self._cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self._cache_budget = max(0, self.memory_limit_bytes - self.working_set_bytes)
         self._cache_used = 0
+        self._lock = threading.Lock()
+        self._queued = 0  # decoded chunks read ahead, not yet in a shuffle buffer
+        self._buffered = 0  # bytes of allocated shuffle buffers
+        self._peak = 0
+        self._executor: ThreadPoolExecutor | None = None  # made on first use, per process
+        self._executor_pid = 0
+        self._ahead: dict[tuple, list] = {}  # the next epoch's first reads, in flight
 
     @classmethod
     def from_study(cls, study: Study, samples: Sequence[str], representation: str, **kw) -> "JetStream":
         return cls(study, samples, representation, **kw)
+
+    # ----------------------------------------------------------------- memory
+    def _row_bytes(self) -> int:
+        """Decoded bytes of one jet as the stream holds it: x plus label, mass, weight, sample, index."""
+        if self.on_the_fly:
+            x = int(np.prod(reps.output_shape(self.cfg))) * 4  # compute() returns float32
+        else:
+            arr = self._groups[0][f"inputs/{self.representation}"]
+            x = int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
+        return x + sum(np.dtype(t).itemsize for t in _META_DTYPES.values())
+
+    def _stream_batch(self) -> int:
+        return self.batch_size // self.virtual_ranks if self._virtual else self.batch_size
+
+    def _buffer_rows(self, batch: int, max_part: int) -> int:
+        """Rows a shuffle buffer can ever hold (see :meth:`_iter_stream`)."""
+        target = self.study.data.shuffle_buffer_jets if self.shuffle else 0
+        return max(target, batch, target // 2 + batch) - 1 + max_part
+
+    def _working_set_rows(self) -> int:
+        """Worst-case jets held outside the cache: shuffle buffers, read-ahead chunks, the batch out."""
+        max_part = max((len(u.rows) for u in self._units), default=0)
+        n_streams = len(self.my_virtual_ranks) if self._virtual else 1
+        prefetch = max(1, self.study.data.prefetch_chunks)
+        per_stream = self._buffer_rows(self._stream_batch(), max_part) + prefetch * max_part
+        return n_streams * per_stream + 2 * self.batch_size  # the batch given out (and its parts in lockstep)
+
+    def memory(self) -> dict[str, int]:
+        """Accounted decoded bytes: now (cache, buffers, queue), the peak of their sum, and the bounds."""
+        with self._lock:
+            return {
+                "cache_bytes": self._cache_used,
+                "cache_chunks": len(self._cache),
+                "buffer_bytes": self._buffered,
+                "queue_bytes": self._queued,
+                "peak_bytes": self._peak,
+                "cache_budget_bytes": self._cache_budget,
+                "working_set_bytes": self.working_set_bytes,
+                "limit_bytes": max(self.memory_limit_bytes, self.working_set_bytes),
+            }
+
+    def _account(self, *, queued: int = 0, buffered: int = 0) -> None:
+        with self._lock:
+            self._queued += queued
+            self._buffered += buffered
+            self._peak = max(self._peak, self._cache_used + self._queued + self._buffered)
 
     # ----------------------------------------------------------------- checks
     def _open_checked(self):
@@ -265,45 +339,72 @@ class JetStream(torch.utils.data.IterableDataset):
         return int(sum(len(u.rows) for u in self._my_units(epoch)))
 
     def _read(self, unit: _Unit) -> dict[str, np.ndarray]:
+        """One unit's decoded arrays (from the cache, or read and maybe cached); runs in a decode worker."""
         key = (unit.sample, unit.start)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         out = self._read_uncached(unit)
         nbytes = sum(v.nbytes for v in out.values())
-        if self._cache_used + nbytes <= self._cache_budget:
-            self._cache[key] = out
-            self._cache_used += nbytes
+        with self._lock:
+            if key not in self._cache and self._cache_used + nbytes <= self._cache_budget:
+                self._cache[key] = out
+                self._cache_used += nbytes
+            else:
+                self._queued += nbytes  # held only until it is copied into a shuffle buffer
+                out = _Owned(out, nbytes)
+            self._peak = max(self._peak, self._cache_used + self._queued + self._buffered)
         return out
 
     def _read_uncached(self, unit: _Unit) -> dict[str, np.ndarray]:
         group = self._groups[unit.sample]
         sl = slice(unit.start, unit.stop)
+        inputs = reps.required_fields(self.cfg) if self.on_the_fly else [f"inputs/{self.representation}"]
+        got = _read_slices([group[p] for p in (*inputs, "truth/label", "jets/mass")], sl)
         if self.on_the_fly:
-            fields = {f: group[f][sl] for f in reps.required_fields(self.cfg)}
-            x = reps.compute(self.cfg, fields)
+            x = reps.compute(self.cfg, dict(zip(inputs, got[:-2])))
         else:
-            x = group[f"inputs/{self.representation}"][sl]
+            x = got[0]
         rows = unit.rows
+        whole = len(rows) == unit.stop - unit.start  # every jet of the chunk: no gather needed
         return {
-            "x": x[rows],
-            "label": group["truth/label"][sl][rows].astype(np.int64),
-            "mass": group["jets/mass"][sl][rows].astype(np.float32),
+            "x": x if whole else x[rows],
+            "label": (got[-2] if whole else got[-2][rows]).astype(np.int64),
+            "mass": (got[-1] if whole else got[-1][rows]).astype(np.float32),
             "weight": np.ones(len(rows), np.float32),
             "sample": np.full(len(rows), unit.sample, np.int64),
             "index": (unit.start + rows).astype(np.int64),
         }
 
     def iter_numpy(self, epoch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """One epoch of batches as numpy arrays (in lockstep mode: this rank's part of each global batch)."""
+        """One epoch of batches as numpy arrays (in lockstep mode: this rank's part of each global batch).
+
+        When an epoch has read all its chunks, the first ``prefetch_chunks`` chunks of the next
+        epoch are read while its last batches are served, so epoch ``epoch + 1`` (the usual
+        next request) starts without waiting for a full shuffle buffer.
+        """
         epoch = self.epoch if epoch is None else epoch
+        if self._virtual:
+            info = torch.utils.data.get_worker_info()
+            if info is not None and info.num_workers > 1:
+                raise ConfigError("a lockstep (virtual-rank) JetStream cannot be split over DataLoader workers; use num_workers=0")
+        ex = self._pool()
+        with self._lock:
+            ahead, self._ahead = self._ahead, {}
+        if not self._virtual:
+            keys = {"r": (epoch, "r")}
+            head = {k: ahead.pop(key, None) for k, key in keys.items()}
+        else:
+            head = {v: ahead.pop((epoch, v), None) for v in self.my_virtual_ranks}
+        for stale in ahead.values():  # read ahead for an epoch not asked for
+            self._release(f for _, f in stale)
         if not self._virtual:
             rng = np.random.default_rng([self.study.seed % 2**63, epoch, self.rank, 0x5F1])
-            yield from self._iter_stream(self._my_units(epoch), rng, self.batch_size, self.drop_last)
+            yield from self._iter_stream(
+                self._my_units(epoch), rng, self.batch_size, self.drop_last, ex, head["r"],
+                ((epoch + 1, "r"), lambda: self._my_units(epoch + 1)),
+            )
             return
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.num_workers > 1:
-            raise ConfigError("a lockstep (virtual-rank) JetStream cannot be split over DataLoader workers; use num_workers=0")
         sub = self.batch_size // self.virtual_ranks
         n_steps = self.steps_per_epoch(epoch)
         streams = [
@@ -312,6 +413,9 @@ class JetStream(torch.utils.data.IterableDataset):
                 np.random.default_rng([self.study.seed % 2**63, epoch, v, 0x5F1]),
                 sub,
                 True,
+                ex,
+                head[v],
+                ((epoch + 1, v), lambda v=v: self._virtual_units(epoch + 1, v)),
             )
             for v in self.my_virtual_ranks
         ]
@@ -322,41 +426,107 @@ class JetStream(torch.utils.data.IterableDataset):
             for g in streams:
                 g.close()
 
-    def _iter_stream(self, units: list[_Unit], rng, batch_size: int, drop_last: bool) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of ``batch_size`` from ``units`` in order, through the shuffle buffer."""
-        buffer_target = self.study.data.shuffle_buffer_jets if self.shuffle else 0
+    def _pool(self) -> ThreadPoolExecutor:
+        """The stream's decode workers (made again in a forked DataLoader worker, whose copy has no threads)."""
+        if self._executor is None or self._executor_pid != os.getpid():
+            self._executor = ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="jetstream")
+            self._executor_pid = os.getpid()
+            self._ahead = {}
+        return self._executor
+
+    def _release(self, futures) -> None:
+        """Drop reads nobody will take; what they decoded leaves the queue's account when they finish."""
+        for f in futures:
+            if f is not None and not f.cancel():
+                f.add_done_callback(self._release_done)
+
+    def _release_done(self, f) -> None:
+        if not f.cancelled() and f.exception() is None:
+            part = f.result()
+            if isinstance(part, _Owned):
+                self._account(queued=-part.nbytes)
+
+    def _iter_stream(
+        self,
+        units: list[_Unit],
+        rng,
+        batch_size: int,
+        drop_last: bool,
+        ex: ThreadPoolExecutor,
+        head: list | None = None,
+        then: tuple | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of ``batch_size`` from ``units`` in order, through the shuffle buffer.
+
+        The order is that of a list of chunks merged whenever it holds ``max(buffer, batch)``
+        jets: the merged jets are permuted (one ``rng.permutation`` of all of them), the
+        first whole batches that leave at least ``buffer / 2`` jets are yielded and the rest,
+        in permuted order, starts the next merge; at the end of the units the rest is permuted
+        and yielded. Here the jets stay in the slots of one preallocated block and only the
+        list of their slots (``order``) is permuted, so a batch is one gather per array.
+
+        ``head``: reads of the first units already in flight (``(unit, future)`` pairs, from the
+        previous epoch); ``then``: ``(key, units of the next epoch)``, whose first units are
+        read once all of these are.
+        """
         prefetch = max(1, self.study.data.prefetch_chunks)
-        pool: list[dict[str, np.ndarray]] = []
-        pooled = 0
-        with ThreadPoolExecutor(max_workers=min(prefetch, 4), thread_name_prefix="jetstream") as ex:
-            futures = [ex.submit(self._read, u) for u in units[:prefetch]]
-            next_unit = len(futures)
+        if head is not None and (len(head) > len(units) or any(h[0] is not u for h, u in zip(head, units))):
+            self._release(f for _, f in head)
+            head = None
+        if not units:
+            return
+        target = self.study.data.shuffle_buffer_jets if self.shuffle else 0
+        threshold, keep = max(target, batch_size), max(target // 2, 0)
+        capacity = min(self._buffer_rows(batch_size, max(len(u.rows) for u in units)), sum(len(u.rows) for u in units))
+        buf = _SlotBuffer(capacity)
+        futures = [f for _, f in head] if head else []
+        futures += [ex.submit(self._read, u) for u in units[len(futures) : prefetch]]
+        next_unit = len(futures)
+        try:
             for k in range(len(units)):
                 part = futures[k].result()
                 futures[k] = None  # free it
+                if buf.arrays is None:
+                    self._account(buffered=buf.allocate(part))
+                buf.add(part)
+                if isinstance(part, _Owned):
+                    self._account(queued=-part.nbytes)
+                del part
                 if next_unit < len(units):
                     futures.append(ex.submit(self._read, units[next_unit]))
                     next_unit += 1
-                pool.append(part)
-                pooled += len(part["label"])
-                if pooled >= max(buffer_target, batch_size):
-                    merged = _concat(pool)
+                if buf.n >= threshold:
                     if self.shuffle:
-                        merged = _take(merged, rng.permutation(pooled))
-                    keep = max(buffer_target // 2, 0)
-                    n_out = ((pooled - keep) // batch_size) * batch_size
-                    for s in range(0, n_out, batch_size):
-                        yield _take(merged, slice(s, s + batch_size))
-                    pool = [_take(merged, slice(n_out, pooled))]
-                    pooled -= n_out
-        if pooled:
-            merged = _concat(pool)
-            if self.shuffle:
-                merged = _take(merged, rng.permutation(pooled))
-            for s in range(0, pooled, batch_size):
-                if drop_last and s + batch_size > pooled:
-                    break
-                yield _take(merged, slice(s, s + batch_size))
+                        buf.permute(rng.permutation(buf.n))
+                    n_out = ((buf.n - keep) // batch_size) * batch_size
+                    for _ in range(0, n_out, batch_size):
+                        yield buf.take(batch_size)
+            if then is not None:  # every read of this epoch is done: start the next epoch's
+                key, next_units = then[0], then[1]()[:prefetch]
+                with self._lock:
+                    self._ahead[key] = [(u, ex.submit(self._read, u)) for u in next_units]
+            if buf.n:
+                if self.shuffle:
+                    buf.permute(rng.permutation(buf.n))
+                while buf.n:
+                    if drop_last and buf.n < batch_size:
+                        break
+                    yield buf.take(min(batch_size, buf.n))
+        finally:
+            self._release(futures)  # an abandoned epoch's reads in flight
+            if buf.arrays is not None:
+                self._account(buffered=-buf.nbytes)
+                buf.arrays = None
+
+    def __getstate__(self) -> dict:
+        """Picklable (DataLoader workers under spawn): each copy starts with an empty cache."""
+        state = self.__dict__.copy()
+        state.update(_lock=None, _cache={}, _cache_used=0, _queued=0, _buffered=0, _peak=0, _executor=None, _ahead={})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __iter__(self):
         for batch in self.iter_numpy():
@@ -370,6 +540,78 @@ class JetStream(torch.utils.data.IterableDataset):
             + (f", virtual_ranks={self.virtual_ranks}" if self._virtual else "")
             + ")"
         )
+
+
+_META_DTYPES = {"label": np.int64, "mass": np.float32, "weight": np.float32, "sample": np.int64, "index": np.int64}
+
+
+class _Owned(dict):
+    """A decoded chunk the cache did not keep: accounted in the read-ahead queue until buffered."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], nbytes: int):
+        super().__init__(arrays)
+        self.nbytes = nbytes
+
+
+class _SlotBuffer:
+    """A shuffle buffer of fixed capacity: jets sit in slots, ``order`` lists the slots in pool order."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.arrays: dict[str, np.ndarray] | None = None
+        self.nbytes = 0
+        self.order = np.empty(0, np.int64)
+        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)  # a stack: low slots first
+        self._n_free = capacity
+
+    @property
+    def n(self) -> int:
+        return len(self.order)
+
+    def allocate(self, like: dict[str, np.ndarray]) -> int:
+        self.arrays = {k: np.empty((self.capacity, *v.shape[1:]), v.dtype) for k, v in like.items()}
+        self.nbytes = sum(v.nbytes for v in self.arrays.values())
+        return self.nbytes
+
+    def add(self, part: dict[str, np.ndarray]) -> None:
+        m = len(part["label"])
+        if m > self._n_free:  # cannot happen: capacity is the most the merge rule ever holds
+            raise RuntimeError(f"shuffle buffer overflow: {m} jets into {self._n_free} free slots")
+        slots = self._free[self._n_free - m : self._n_free][::-1]
+        self._n_free -= m
+        if m == 1 or np.all(np.diff(slots) == 1):
+            dst = slice(int(slots[0]), int(slots[0]) + m)
+        else:
+            dst = slots
+        for k, v in self.arrays.items():
+            v[dst] = part[k]
+        self.order = np.concatenate([self.order, slots])
+
+    def permute(self, perm: np.ndarray) -> None:
+        self.order = self.order[perm]
+
+    def take(self, m: int) -> dict[str, np.ndarray]:
+        """The next ``m`` jets of the pool as new arrays (never views of the buffer); frees their slots."""
+        idx, self.order = self.order[:m], self.order[m:]
+        if len(idx) > 1 and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+            out = {k: v[idx[0] : idx[0] + len(idx)].copy() for k, v in self.arrays.items()}
+        else:
+            out = {k: v[idx] for k, v in self.arrays.items()}
+        self._free[self._n_free : self._n_free + len(idx)] = idx[::-1]
+        self._n_free += len(idx)
+        return out
+
+
+def _read_slices(arrays: list, sl: slice) -> list[np.ndarray]:
+    """``[a[sl] for a in arrays]`` in one trip through zarr's event loop (its per-call overhead,
+    not decompression, dominates reading a 1000-jet chunk: about 1.5x fewer CPU-seconds)."""
+    if _zarr_sync is None:
+        return [a[sl] for a in arrays]
+
+    async def _all():
+        return await asyncio.gather(*(a.async_array.getitem(sl) for a in arrays))
+
+    return list(_zarr_sync(_all()))
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

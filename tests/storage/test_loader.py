@@ -144,3 +144,123 @@ def test_cached_epochs_equal_uncached_and_batches_do_not_alias_the_cache(study):
     for a, b, c in zip(first, again, plain):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+# ------------------------------------------------------------ decode workers, bounded memory
+def _with_data(study, **data):
+    from jetscan.core.study import SplitConfig
+
+    if "splits" in data:
+        data["splits"] = SplitConfig(**data["splits"])
+    return study.model_copy(update={"data": study.data.model_copy(update=data)})
+
+
+def _reference_batches(stream, epoch):
+    """The merge rule written plainly (a list of chunks, concatenated and permuted at each merge),
+    as the loader had it before its slot buffer: the order every setting must keep."""
+    rng = np.random.default_rng([stream.study.seed % 2**63, epoch, stream.rank, 0x5F1])
+    target = stream.study.data.shuffle_buffer_jets if stream.shuffle else 0
+    size = stream.batch_size
+
+    def cat(parts):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def take(d, i):
+        return {k: v[i] for k, v in d.items()}
+
+    pool, pooled = [], 0
+    for unit in stream._my_units(epoch):
+        part = stream._read_uncached(unit)
+        pool.append(part)
+        pooled += len(part["label"])
+        if pooled >= max(target, size):
+            merged = cat(pool)
+            if stream.shuffle:
+                merged = take(merged, rng.permutation(pooled))
+            n_out = ((pooled - target // 2) // size) * size
+            for s in range(0, n_out, size):
+                yield take(merged, slice(s, s + size))
+            pool, pooled = [take(merged, slice(n_out, pooled))], pooled - n_out
+    if pooled:
+        merged = cat(pool)
+        if stream.shuffle:
+            merged = take(merged, rng.permutation(pooled))
+        for s in range(0, pooled, size):
+            if stream.drop_last and s + size > pooled:
+                break
+            yield take(merged, slice(s, s + size))
+
+
+def _assert_same_batches(a, b):
+    a, b = list(a), list(b)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert set(x) == set(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "shuffle_buffer_jets, batch_size, drop_last, shuffle",
+    [(64, 16, False, True), (40, 32, True, True), (4096, 16, False, True), (0, 24, False, True), (64, 16, False, False)],
+)
+def test_batches_same_for_any_decode_workers_and_cache_and_equal_the_merge_rule(
+    study, shuffle_buffer_jets, batch_size, drop_last, shuffle
+):
+    base = _with_data(study, shuffle_buffer_jets=shuffle_buffer_jets, prefetch_chunks=3)
+    variants = [
+        _with_data(base, decode_workers=1),
+        _with_data(base, decode_workers=3),
+        _with_data(base, decode_workers=3, cache_mb=0),
+        _with_data(base, decode_workers=2, prefetch_chunks=1, cache_mb=1),
+    ]
+    kw = dict(split="train", batch_size=batch_size, drop_last=drop_last, shuffle=shuffle)
+    for rank, world_size in ((0, 1), (1, 2)):
+        ref = JetStream(base, ["qcd", "top"], "heimel40", rank=rank, world_size=world_size, **kw)
+        for epoch in (0, 1):
+            want = list(_reference_batches(ref, epoch))
+            for v in variants:
+                stream = JetStream(v, ["qcd", "top"], "heimel40", rank=rank, world_size=world_size, **kw)
+                _assert_same_batches(stream.iter_numpy(epoch=epoch), want)
+                _assert_same_batches(stream.iter_numpy(epoch=epoch), want)  # again, from its cache
+                mem = stream.memory()
+                assert mem["buffer_bytes"] == 0  # released at the end of the epoch
+                assert mem["queue_bytes"] <= 3 * 100 * stream.row_bytes  # at most the next epoch's first 3 chunks
+
+
+def test_lockstep_batches_same_for_any_decode_workers(study):
+    one, many = (
+        JetStream(_with_data(study, virtual_ranks=2, decode_workers=w, shuffle_buffer_jets=32, cache_mb=c),
+                  ["qcd", "top"], "heimel40", lockstep=True, batch_size=16)
+        for w, c in ((1, 1024), (4, 0))
+    )
+    _assert_same_batches(one.iter_numpy(epoch=3), many.iter_numpy(epoch=3))
+
+
+def test_decoded_bytes_held_stay_within_cache_mb_on_data_larger_than_it(study):
+    # ms37x4: 37 x 37 x 4 float32 = 21.9 kB a jet; all 600 jets (qcd, top, gluino) decoded = 13 MB
+    small = _with_data(study, splits={"train": 1.0, "val": 0.0, "test": 0.0}, cache_mb=8, shuffle_buffer_jets=16,
+                       prefetch_chunks=1, decode_workers=2)
+    stream = JetStream(small, ["qcd", "top", "gluino"], "ms37x4", batch_size=8)
+    limit = 8 * 2**20
+    assert stream.n_jets_total * stream.row_bytes > 1.5 * limit  # the data does not fit the bound
+    seen = 0
+    for epoch in range(2):
+        for batch in stream.iter_numpy(epoch=epoch):
+            seen += len(batch["label"])
+            mem = stream.memory()
+            assert mem["cache_bytes"] + mem["buffer_bytes"] + mem["queue_bytes"] <= limit
+    assert seen == 2 * 600
+    mem = stream.memory()
+    assert mem["limit_bytes"] == limit and 0 < mem["working_set_bytes"] < limit
+    # the cache took what the working set leaves: whole chunks of 100 jets, at least one, within its budget
+    assert 0 < mem["cache_bytes"] <= mem["cache_budget_bytes"] == limit - mem["working_set_bytes"]
+    assert mem["cache_bytes"] == sum(sum(v.nbytes for v in c.values()) for c in stream._cache.values())
+    assert mem["cache_chunks"] * 100 * stream.row_bytes == mem["cache_bytes"]
+    assert mem["cache_bytes"] < mem["peak_bytes"] <= limit
+    # a working set larger than cache_mb: no cache at all, and the stream holds just the working set
+    tiny = JetStream(_with_data(small, cache_mb=1), ["qcd", "top", "gluino"], "ms37x4", batch_size=8)
+    _assert_same_batches(tiny.iter_numpy(epoch=1), stream.iter_numpy(epoch=1))
+    mem = tiny.memory()
+    assert mem["cache_bytes"] == 0 and mem["cache_budget_bytes"] == 0
+    assert 0 < mem["peak_bytes"] <= mem["working_set_bytes"] == mem["limit_bytes"]
