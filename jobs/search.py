@@ -488,7 +488,9 @@ def _wait_for_heartbeats(ostudy, cfg: SearchConfig) -> None:
 
     deadline = time.time() + _grace_seconds(cfg) + 2 * cfg.heartbeat_seconds
     while time.time() < deadline:
-        optuna.storages.fail_stale_trials(ostudy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(ostudy)
         if not ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             return
         time.sleep(min(1.0, cfg.heartbeat_seconds))
@@ -524,6 +526,8 @@ def search(
     """Run (or finish) search ``name`` of ``study``: create the Optuna study once, recover dead
     workers' trials, run ``workers`` workers (here, as processes, or Ray tasks with ``address``)
     until ``trials`` trials are complete, keep the best weights and write the report."""
+    import optuna
+
     cfg = search_config(study, name)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {workers})")
@@ -542,8 +546,13 @@ def search(
     last = None
     try:
         while True:
-            if rdb:
-                _wait_for_heartbeats(ostudy, cfg)
+            if rdb:  # the heartbeat marks dead workers' trials FAIL; its callback enqueues them again
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    optuna.storages.fail_stale_trials(ostudy)
+                c = _counts(ostudy, session)
+                if rounds and c["RUNNING"] and not c["WAITING"] and c["done"] < target:
+                    _wait_for_heartbeats(ostudy, cfg)  # workers are done here: wait until those trials go stale
                 recovered = []
             else:
                 recovered = recover_orphans(ostudy, backend)
@@ -610,12 +619,17 @@ def _keep_weights(study: Study, name: str, ostudy) -> list[str]:
         return []
     from jetscan.storage import blobs
 
+    import re
+
     keep = {t.user_attrs.get("run") for t in _best_trials(ostudy)}
+    keep |= {trial_run_name(name, t.params) for t in ostudy.get_trials(deepcopy=False)
+             if t.state.name in ("RUNNING", "WAITING")}  # still to run somewhere: its checkpoint resumes it
+    mine = re.compile(re.escape(name) + r"-[0-9a-f]{10}")
     fs, base = blobs.store_fs(study.store)
     deleted = []
     for rel in blobs.glob(study.store, f"_runs/{name}-*/checkpoint.pt"):
         run = rel.split("/")[1]
-        if run not in keep:
+        if mine.fullmatch(run) and run not in keep:
             fs.rm(f"{base}/_runs/{run}", recursive=True)
             deleted.append(run)
     return deleted
