@@ -199,3 +199,149 @@ def test_preempt_flag_from_the_environment():
         signal.signal(signal.SIGUSR2, old)
     with pytest.raises(RunnerError, match="'NOPE' is not a signal name"):
         preempt.from_env({preempt.ENV: "nope"})
+
+
+# ---------------------------------------------------------------------- real submissions
+TIME_COLUMNS = {"seconds", "created_utc", "host"}
+
+
+def _cli(cluster, *args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "-m", "jetscan.jobs.cli", *args], env=env or cluster.env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _tasks(cluster, job_id: str) -> list[dict]:
+    return slurm_site.job_states(job_id, env=cluster.env)
+
+
+def _wait_all(cluster, ids: list[str], logs: Path, timeout: float = 600) -> dict[str, list[dict]]:
+    """Wait until every job (and array task) of ``ids`` has ended; fail at once, with the job
+    logs, when one fails or can never start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {j: _tasks(cluster, j) for j in ids}
+        flat = [t for ts in states.values() for t in ts]
+        bad = [t for t in flat if t["state"] in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+               or "DependencyNeverSatisfied" in t["reason"]]
+        if bad or time.monotonic() > deadline:
+            text = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.out")))
+            pytest.fail(f"jobs {bad or 'not done in time'}: {flat}\n{text}\n{cluster.logs()}")
+        if all(t["state"] == "COMPLETED" for t in flat):
+            return states
+        time.sleep(1)
+
+
+def _same_catalog(a, b):
+    keep = [c for c in a.column_names if c not in TIME_COLUMNS]
+    assert a.select(keep).sort_by([("sample", "ascending"), ("shard", "ascending")]).equals(
+        b.select(keep).sort_by([("sample", "ascending"), ("shard", "ascending")]))
+
+
+def _same_arrays(store_a: str, store_b: str, groups: list[str]):
+    import zarr
+
+    za, zb = zarr.open_group(store_a, mode="r"), zarr.open_group(store_b, mode="r")
+    n = 0
+    for group in groups:
+        for name, arr in za[group].arrays():
+            np.testing.assert_array_equal(arr[...], zb[f"{group}/{name}"][...], err_msg=f"{group}/{name}")
+            n += 1
+    assert n >= 5
+
+
+SAMPLES = {"qcd": {"process": "qcd_dijet", "n_jets": 100}, "top": {"process": "top_hadronic", "n_jets": 50}}
+
+
+def _write_study(folder: Path, **data):
+    """The tiny study (3 shards: qcd 2, top 1) with its store and YAML in ``folder``."""
+    from jetscan.core.study import Study
+
+    folder.mkdir(parents=True, exist_ok=True)
+    d = {
+        "name": "tiny", "store": str(folder / "tiny.zarr"), "seed": 7, "sqrt_s_gev": 13000.0,
+        "jet": {"r": 0.8, "pt_window_gev": [800.0, 900.0], "abs_eta_max": 1.0, "max_constituents": 120},
+        "generation": {"shard_jets": 50, "batch_events": 100},
+        "preprocess": {"representations": ["heimel40"]},
+        "data": {"batch_size": 16, "shuffle_buffer_jets": 100, "splits": {"train": 0.5, "val": 0.25, "test": 0.25}, **data},
+        "samples": SAMPLES,
+        "train": {"runs": TINY_RUNS, "threads": 1, "device": "cpu"},
+    }
+    study = Study.from_dict(d)
+    (folder / "tiny.yaml").write_text(study.to_yaml())
+    return study, folder / "tiny.yaml"
+
+
+class _Reference:
+    """``jetscan run`` of the tiny study on this machine (local Ray), started at once and
+    waited for by ``wait()`` (it runs while the Slurm jobs do)."""
+
+    def __init__(self, folder: Path, env: dict):
+        self.study, self.path = _write_study(folder)
+        self.proc = subprocess.Popen([sys.executable, "-m", "jetscan.jobs.cli", "run", str(self.path), "--workers", "2"],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.out = None
+
+    def wait(self):
+        if self.out is None:
+            self.out, _ = self.proc.communicate(timeout=900)
+            assert self.proc.returncode == 0, self.out[-5000:]
+        return self.study
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_env):
+    ref = _Reference(tmp_path_factory.mktemp("ref"), ray_env())
+    yield ref
+    if ref.proc.poll() is None:
+        ref.proc.kill()
+        ref.proc.wait()
+
+
+def _submit(cluster, study_yaml: Path, *args, site=SITE_LOCAL) -> list[str]:
+    r = _cli(cluster, "submit", str(study_yaml), "--site", str(site), *args)
+    assert r.returncode == 0, r.stderr
+    ids = r.stdout.split()
+    assert ids and all(i.isdigit() for i in ids), r.stdout
+    return ids
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.pythia
+@pytest.mark.ray
+def test_submit_all_ends_with_the_store_of_jetscan_run(slurm_cluster, reference, tmp_path):
+    from jetscan.storage import catalog
+    from jetscan.storage.results import read_results
+
+    sub, sub_yaml = _write_study(tmp_path / "sub")
+    ids = _submit(slurm_cluster, sub_yaml)
+    assert len(ids) == 4
+    logs = tmp_path / "sub" / "slurm-logs"
+    # the chain as Slurm holds it: each job waits on the one before
+    for before, job in zip(ids, ids[1:]):
+        fields = _tasks(slurm_cluster, job)
+        info = slurm_cluster.run(["scontrol", "-o", "show", "job", job]).stdout
+        assert f"Dependency=afterok:{before}" in info or fields[0]["state"] != "PENDING", info
+
+    ref = reference.wait()
+    states = _wait_all(slurm_cluster, ids, logs)
+    # the training array: two tasks, one per run, both completed
+    assert {t["job_id"] for t in states[ids[2]]} == {f"{ids[2]}_0", f"{ids[2]}_1"}
+    gen_log = next(logs.glob("jetscan-tiny-generate-*.out")).read_text()
+    assert "restart 0" in gen_log and "with 1 of 1 node(s)" in gen_log, gen_log
+
+    for table in ("jets", "inputs/heimel40"):
+        _same_catalog(catalog.read_catalog(sub.store, table=table), catalog.read_catalog(ref.store, table=table))
+    _same_arrays(sub.store, ref.store, ["qcd/jets", "qcd/constituents", "top/jets", "qcd/inputs", "top/inputs"])
+    a, b = read_results(sub.store), read_results(ref.store)
+    assert a.num_rows == b.num_rows == 2  # (pca, dense) x top
+    import pandas as pd
+
+    keep = [c for c in a.column_names if c not in TIME_COLUMNS]
+    pd.testing.assert_frame_equal(a.select(keep).to_pandas(), b.select(keep).to_pandas(), check_exact=True)
+
+    # status: every job completed, every shard committed, every run finished
+    st = _cli(slurm_cluster, "status", str(sub_yaml), "--site", str(SITE_LOCAL))
+    assert st.returncode == 0, st.stderr
+    assert st.stdout.count("COMPLETED") == 5, st.stdout  # generate, preprocess, 2 array tasks, evaluate
+    assert re.search(r"qcd\s+│\s+2/2", st.stdout) and re.search(r"dense\s+│\s+2/2\s+│\s+yes", st.stdout), st.stdout
