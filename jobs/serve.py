@@ -11,8 +11,8 @@ The whole story of the stage:
    list folders (zarr #1568, #2984), so a group's ``zarr.json`` is answered with zarr's inline
    consolidated metadata of everything below it, built in memory from the folder
    (:func:`jetscan.storage.remote.consolidated_group_json`): serving never writes into a store,
-   and the listing is never stale. ``jetscan evaluate`` also consolidates ``results/`` on disk
-   (:func:`jetscan.storage.results.write_run`) for readers of object stores. Folders that are
+   and the listing is never stale. ``jetscan evaluate`` also consolidates each ``results/<run>/``
+   on disk (:func:`jetscan.storage.results.write_run`) for readers of object stores. Folders that are
    not zarr (``_catalog``, ``_results``, ``_runs``), hidden files and anything outside the
    store (``..`` in any encoding, absolute paths, symlinks leading out) are refused.
 3. ``/api/...`` answers queries (:class:`jetscan.storage.remote.StoreReader` does the work):

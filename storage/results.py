@@ -392,7 +392,7 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
 
     A run stored before is replaced whole (re-evaluation). The layout is in the module
     docstring. Creates the store's root group if the store does not exist yet. Ends by
-    consolidating the metadata of ``results/`` (so HTTP and object-store readers never list).
+    consolidating the metadata of ``results/<run>/`` (so HTTP and object-store readers never list).
     """
     samples = _check_evaluation(evaluation)
     run = evaluation["run"]
@@ -490,9 +490,11 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
                 }
             )
         )
-        # consolidated metadata of results/ (zarr's inline form, in results/zarr.json): readers
-        # over HTTP or object storage open and walk every run without listing folders
-        zarr.consolidate_metadata(str(store), path=RESULTS_GROUP, zarr_format=3)
+        # consolidated metadata of this run's group (zarr's inline form, in results/<run>/zarr.json):
+        # readers over HTTP or object storage walk the run without listing folders. Per run, not
+        # for results/ as a whole: concurrent writers (search trials) never race on one file, and
+        # a write costs the same however many runs the store holds (runs are listed by _results/).
+        zarr.consolidate_metadata(str(store), path=f"{RESULTS_GROUP}/{run}", zarr_format=3)
 
     # 3. commit: the summary rows, atomically
     table = pa.Table.from_pylist([dict(r) for r in rows])

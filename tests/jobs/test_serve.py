@@ -207,9 +207,10 @@ def test_zarr_in_another_process_reads_every_array_over_http(server, study_store
     assert remote_digests == local  # every array of the store (samples, inputs, results), same bytes
 
 
-def test_results_group_is_consolidated_on_disk(study_store):
-    meta = json.loads(open(os.path.join(study_store, "results", "zarr.json")).read())
-    assert {"pca_b4", "pca_b8", "pca_b4/roc/top/eps_b"} <= set(meta["consolidated_metadata"]["metadata"])
+def test_each_run_is_consolidated_on_disk(study_store):
+    for run in ("pca_b4", "pca_b8"):
+        meta = json.loads(open(os.path.join(study_store, "results", run, "zarr.json")).read())
+        assert {"roc/top/eps_b", "samples/qcd/score", "mass/reject_95"} <= set(meta["consolidated_metadata"]["metadata"])
 
 
 def test_range_requests(server, study_store):
