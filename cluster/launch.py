@@ -5,7 +5,8 @@ processes on this machine; each worker finds its rank in the launcher's environm
 (:func:`jetscan.cluster.distributed.make_comm`), reads its own part of the data and
 rank 0 writes the checkpoints, so a failed job resumes from its last checkpoint when the
 same command is run again. :func:`launch_ray` runs the workers as actors of an existing Ray
-cluster instead (:mod:`jetscan.cluster.ray_train`).
+cluster instead (:mod:`jetscan.cluster.ray_train`), each running the job it is handed (a
+runner never imports a job: ``jetscan train`` passes :func:`jetscan.jobs.train.train_runs`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from jetscan.core.errors import RunnerError
 
@@ -100,9 +101,21 @@ def launch_local(
 
 
 def launch_ray(
-    study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False, min_np: int | None = None
+    study,
+    runs: list[str],
+    np: int,
+    backend: str,
+    *,
+    address: str,
+    job: Callable[..., list] | None = None,
+    restart: bool = False,
+    min_np: int | None = None,
 ) -> int:
     """Train ``runs`` of ``study`` with ``np`` workers as actors of the Ray cluster at ``address``; returns 0.
+
+    ``job`` (required; checked after the other arguments): what each worker runs, a top-level
+    function ``job(study, runs, restart, backend, on_epoch=None) -> [summary per run]`` such as
+    :func:`jetscan.jobs.train.train_runs` (see :mod:`jetscan.cluster.ray_train`).
 
     ``np``, ``backend`` (``"horovod"``: ``horovod.ray.RayExecutor``; ``"ddp"``: actors that
     set up torch.distributed) and the address are checked first, each with one RunnerError.
@@ -132,11 +145,15 @@ def launch_ray(
         except ImportError as exc:
             raise RunnerError(f"backend 'horovod' on Ray needs horovod.ray, which does not import here ({exc})") from None
     check_address(address)
+    if not callable(job):
+        raise TypeError(
+            f"launch_ray: job must be the function each worker runs, e.g. jetscan.jobs.train.train_runs (got {job!r})"
+        )
     if "://" not in study.store and not os.path.isabs(study.store):
         study = study.model_copy(update={"store": os.path.abspath(study.store)})  # the actors' cwd is not ours
     from jetscan.cluster.ray_train import train_on_ray
 
-    train_on_ray(study, list(runs), np, backend, address=address, restart=restart, min_np=min_np)
+    train_on_ray(study, list(runs), np, backend, address=address, job=job, restart=restart, min_np=min_np)
     return 0
 
 

@@ -1,12 +1,13 @@
 """Data-parallel training as actors of an existing Ray cluster (``jetscan train --address``).
 
 :func:`train_on_ray` joins the cluster at ``address``, starts ``np`` worker actors (one CPU
-each, and one GPU each where the cluster has GPUs), and runs the same training loop as a
-local launch in every actor: :func:`jetscan.jobs.train.train` for each run, with the rank
-and size of the actor's backend. The first worker that fails (an exception, or its process
-killed) ends the job (unless it is elastic, below): the other workers are stopped and one
-RunnerError says what happened; rank 0 checkpoints every epoch, so the same command run
-again resumes from the last one.
+each, and one GPU each where the cluster has GPUs), and runs in every actor the job it is
+handed (``job``, see below), with the rank and size of the actor's backend; ``jetscan train``
+hands it :func:`jetscan.jobs.train.train_runs`, the training loop of a local launch. The
+runner never imports a job itself: jobs import runners, not the other way round. The first
+worker that fails (an exception, or its process killed) ends the job (unless it is elastic,
+below): the other workers are stopped and one RunnerError says what happened; rank 0
+checkpoints every epoch, so the same command run again resumes from the last one.
 
 What the cluster must provide: the study object itself travels to the actors, but each
 worker reads its part of the training split from the study's store and rank 0 writes the
@@ -44,6 +45,14 @@ cluster the loss of any worker still ends it. Horovod picks the network interfac
 gloo by probing from every host, which needs two nodes when the job starts: set
 ``JETSCAN_HOROVOD_NICS`` (comma-separated interface names, e.g. ``eth0``; ``lo`` where all
 "nodes" are addresses of one machine, as in the tests) to name them instead.
+
+The job: a top-level function (Ray pickles it by reference, so every node imports its module)
+called in each worker as ``job(study, runs, restart, backend, on_epoch=None)``: it trains
+``runs`` in turn on the worker's rank and size (taken from ``backend``'s environment,
+``"horovod"`` or ``"ddp"``), ``restart`` ignoring existing checkpoints, calls
+``on_epoch(info)`` on every rank after each epoch's checkpoint, and returns one summary dict per
+run. The elastic wrapper calls it once per run, with an ``on_epoch`` that commits Horovod's
+elastic state.
 """
 
 from __future__ import annotations
@@ -51,12 +60,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from jetscan.cluster.ray import ensure_ray, error_line
 from jetscan.core.errors import RunnerError
 
-__all__ = ["train_on_ray", "train_runs", "elastic_train_runs"]
+__all__ = ["train_on_ray", "run_job", "elastic_run_job", "TrainJob"]
+
+#: ``job(study, runs, restart, backend, on_epoch=None) -> [summary per run]`` (module docstring)
+TrainJob = Callable[..., list]
 
 PLACEMENT_TIMEOUT_S = 100  # waiting for np free CPU (GPU) slots on the cluster
 CPUS_PER_WORKER = 1
@@ -64,41 +76,47 @@ ELASTIC_TIMEOUT_S = 120  # elastic: waiting for at least min_np worker slots (at
 NICS_ENV = "JETSCAN_HOROVOD_NICS"  # elastic: the network interfaces for gloo (else Horovod probes them)
 
 
-def train_runs(study, runs: list[str], restart: bool, backend: str, threads: int) -> list[dict]:
-    """One worker's job (runs in the actor): train every run in turn; their summaries."""
+def run_job(job: TrainJob, study, runs: list[str], restart: bool, backend: str, threads: int) -> list[dict]:
+    """One worker's part (runs in the actor): ``job`` on every run in turn; their summaries."""
     import torch
 
-    from jetscan.jobs.train import train
-
-    torch.set_num_threads(threads)  # the study's train.threads, when set, wins inside train()
-    return [train(study, run, restart=restart, backend=backend) for run in runs]
+    torch.set_num_threads(threads)  # the study's train.threads, when set, wins inside the job
+    return job(study, runs, restart, backend)
 
 
 def train_on_ray(
-    study, runs: list[str], np: int, backend: str, *, address: str, restart: bool = False, min_np: int | None = None
+    study,
+    runs: list[str],
+    np: int,
+    backend: str,
+    *,
+    address: str,
+    job: TrainJob,
+    restart: bool = False,
+    min_np: int | None = None,
 ) -> list[dict]:
-    """Train ``runs`` of ``study`` on ``np`` workers of the Ray cluster at ``address``; the
-    summaries of rank 0. With ``min_np`` (horovod only), an elastic job of ``min_np`` to ``np``
-    workers that goes on while at least ``min_np`` are alive. Arguments are checked by
-    :func:`jetscan.cluster.launch.launch_ray`."""
+    """Run ``job`` (module docstring) on ``runs`` of ``study`` in ``np`` workers of the Ray
+    cluster at ``address``; the summaries of rank 0. With ``min_np`` (horovod only), an elastic
+    job of ``min_np`` to ``np`` workers that goes on while at least ``min_np`` are alive.
+    Arguments are checked by :func:`jetscan.cluster.launch.launch_ray`."""
     import ray
 
     started = ensure_ray(address, None)  # RunnerError saying why it cannot join
     try:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         if min_np is not None:
-            job = f"elastic horovod job of {min_np} to {np} workers on the Ray cluster at {address}"
-            return _horovod_elastic(study, runs, np, min_np, restart, use_gpu, job)
-        job = f"{backend} job of {np} workers on the Ray cluster at {address}"
+            what = f"elastic horovod job of {min_np} to {np} workers on the Ray cluster at {address}"
+            return _horovod_elastic(job, study, runs, np, min_np, restart, use_gpu, what)
+        what = f"{backend} job of {np} workers on the Ray cluster at {address}"
         if backend == "horovod":
-            return _horovod(study, runs, np, restart, use_gpu, job)
-        return _ddp(study, runs, np, restart, use_gpu, job)
+            return _horovod(job, study, runs, np, restart, use_gpu, what)
+        return _ddp(job, study, runs, np, restart, use_gpu, what)
     finally:
         if started:
             ray.shutdown()
 
 
-def _horovod(study, runs, np, restart, use_gpu, job) -> list[dict]:
+def _horovod(job, study, runs, np, restart, use_gpu, what) -> list[dict]:
     from horovod.ray import RayExecutor
 
     settings = RayExecutor.create_settings(timeout_s=60, placement_group_timeout_s=PLACEMENT_TIMEOUT_S)
@@ -109,31 +127,29 @@ def _horovod(study, runs, np, restart, use_gpu, job) -> list[dict]:
         try:
             executor.start()
         except TimeoutError:
-            raise _no_room(np, use_gpu, job) from None
-        refs = executor.run_remote(train_runs, args=[study, runs, restart, "horovod", CPUS_PER_WORKER])
-        return _gather(refs, job)[0]
+            raise _no_room(np, use_gpu, what) from None
+        refs = executor.run_remote(run_job, args=[job, study, runs, restart, "horovod", CPUS_PER_WORKER])
+        return _gather(refs, what)[0]
     finally:
         executor.shutdown()  # removes the placement group, which ends its actors
 
 
-def elastic_train_runs(study, runs: list[str], restart: bool, threads: int) -> list[dict]:
-    """One elastic Horovod worker's job (runs in the actor): :func:`train_runs` inside
-    ``hvd.elastic.run``. After a reset (a worker lost, or hosts added) every run is trained
-    again by :func:`train`, which returns a finished run's summary and resumes the others
-    from their last checkpoint; ``restart`` applies only to runs not checkpointed yet in
-    this job (``state.started``, kept and broadcast to new workers by Horovod)."""
+def elastic_run_job(job: TrainJob, study, runs: list[str], restart: bool, threads: int) -> list[dict]:
+    """One elastic Horovod worker's part (runs in the actor): ``job`` on each run in turn
+    inside ``hvd.elastic.run``. After a reset (a worker lost, or hosts added) every run is
+    handed to ``job`` again, which returns a finished run's summary and resumes the others from
+    their last checkpoint; ``restart`` applies only to runs not checkpointed yet in this job
+    (``state.started``, kept and broadcast to new workers by Horovod)."""
     import horovod.torch as hvd
     import torch
     from horovod.common.elastic import ObjectState
-
-    from jetscan.jobs.train import train
 
     torch.set_num_threads(threads)
     hvd.init()
     state = ObjectState(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, started=0)
 
     @hvd.elastic.run
-    def job(state) -> list[dict]:
+    def elastic(state) -> list[dict]:
         summaries = []
         for i, run in enumerate(runs):
 
@@ -144,12 +160,12 @@ def elastic_train_runs(study, runs: list[str], restart: bool, threads: int) -> l
                 state.commit()
 
             fresh = restart and i >= state.started
-            summaries.append(train(study, run, restart=fresh, backend="horovod", on_epoch=checkpointed))
+            summaries += job(study, [run], fresh, "horovod", on_epoch=checkpointed)
             state.started = max(state.started, i + 1)  # finished (a PCA fit has no epochs)
             state.commit()
         return summaries
 
-    return job(state)
+    return elastic(state)
 
 
 class _ErrorLog(logging.Handler):
@@ -171,7 +187,7 @@ def _elastic_nics() -> set[str] | None:
     return nics or None
 
 
-def _horovod_elastic(study, runs, np, min_np, restart, use_gpu, job) -> list[dict]:
+def _horovod_elastic(job, study, runs, np, min_np, restart, use_gpu, what) -> list[dict]:
     import ray
     from horovod.ray import RayExecutor
 
@@ -179,7 +195,7 @@ def _horovod_elastic(study, runs, np, min_np, restart, use_gpu, job) -> list[dic
     nodes = [n for n in ray.nodes() if n["alive"] and n["Resources"].get("CPU", 0) >= CPUS_PER_WORKER]
     if nics is None and len(nodes) < 2:
         raise RunnerError(
-            f"{job}: Horovod finds the network interfaces for an elastic job by probing between nodes, and the "
+            f"{what}: Horovod finds the network interfaces for an elastic job by probing between nodes, and the "
             f"cluster has {len(nodes)} node(s) with CPUs; start the job on 2 nodes or more, or name the "
             f"interfaces in {NICS_ENV} (e.g. {NICS_ENV}=eth0)"
         )
@@ -196,19 +212,19 @@ def _horovod_elastic(study, runs, np, min_np, restart, use_gpu, job) -> list[dic
             executor.start()
         except Exception as exc:  # noqa: BLE001 - horovod's TimeoutException, RuntimeError
             raise RunnerError(
-                f"{job}: Horovod's elastic driver did not start ({error_line(exc)}); "
+                f"{what}: Horovod's elastic driver did not start ({error_line(exc)}); "
                 f"it needs {min_np} free worker slot(s) within {ELASTIC_TIMEOUT_S} s"
             ) from None
         try:
-            results = executor.run(elastic_train_runs, args=[study, runs, restart, CPUS_PER_WORKER])
+            results = executor.run(elastic_run_job, args=[job, study, runs, restart, CPUS_PER_WORKER])
         except Exception as exc:  # noqa: BLE001 - RuntimeError from the driver, RayError
             cause = _last_line(errors.first) if errors.first else error_line(exc)
             raise RunnerError(
-                f"{job}: fewer than {min_np} worker(s) could go on ({cause}); "
+                f"{what}: fewer than {min_np} worker(s) could go on ({cause}); "
                 "the run resumes from its last checkpoint: re-run the same command"
             ) from None
         if not results:
-            raise RunnerError(f"{job}: no worker finished; the run resumes from its last checkpoint: re-run the same command")
+            raise RunnerError(f"{what}: no worker finished; the run resumes from its last checkpoint: re-run the same command")
         return results[0]
     finally:
         log.removeHandler(errors)
@@ -240,10 +256,10 @@ class _DDPWorker:
             s.bind(("", 0))
             return s.getsockname()[1]
 
-    def train(self, env: dict, study, runs, restart) -> list[dict]:
+    def train(self, env: dict, job: TrainJob, study, runs, restart) -> list[dict]:
         os.environ.update(env)
         try:
-            return train_runs(study, runs, restart, "ddp", CPUS_PER_WORKER)
+            return run_job(job, study, runs, restart, "ddp", CPUS_PER_WORKER)
         finally:
             import torch.distributed as dist
 
@@ -251,7 +267,7 @@ class _DDPWorker:
                 dist.destroy_process_group()
 
 
-def _ddp(study, runs, np, restart, use_gpu, job) -> list[dict]:
+def _ddp(job, study, runs, np, restart, use_gpu, what) -> list[dict]:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -260,7 +276,7 @@ def _ddp(study, runs, np, restart, use_gpu, job) -> list[dict]:
     pg = placement_group([bundle] * np, strategy="PACK")
     try:
         if not ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)[0]:
-            raise _no_room(np, use_gpu, job)
+            raise _no_room(np, use_gpu, what)
         cls = ray.remote(max_restarts=0)(_DDPWorker)
         workers = [
             cls.options(
@@ -270,10 +286,10 @@ def _ddp(study, runs, np, restart, use_gpu, job) -> list[dict]:
             ).remote()
             for rank in range(np)
         ]
-        places = _gather([w.where.remote() for w in workers], job)
-        (port,) = _gather([workers[0].free_port.remote()], job)
+        places = _gather([w.where.remote() for w in workers], what)
+        (port,) = _gather([workers[0].free_port.remote()], what)
         envs = _ddp_envs(places, port)
-        return _gather([w.train.remote(env, study, runs, restart) for w, env in zip(workers, envs)], job)[0]
+        return _gather([w.train.remote(env, job, study, runs, restart) for w, env in zip(workers, envs)], what)[0]
     finally:
         remove_placement_group(pg)  # ends the actors placed in it
 
@@ -295,7 +311,7 @@ def _ddp_envs(places: list[tuple[str, str, list]], port: int) -> list[dict]:
     return envs
 
 
-def _gather(refs: list, job: str) -> list[Any]:
+def _gather(refs: list, what: str) -> list[Any]:
     """Results of ``refs``; the first failure (in completion order) becomes one RunnerError."""
     import ray
 
@@ -308,7 +324,7 @@ def _gather(refs: list, job: str) -> list[Any]:
             _drain(pending)
             dead = isinstance(exc, ray.exceptions.RayActorError)
             raise RunnerError(
-                f"{job}: a worker {'died' if dead else 'failed'} ({error_line(exc)}); the other workers were stopped. "
+                f"{what}: a worker {'died' if dead else 'failed'} ({error_line(exc)}); the other workers were stopped. "
                 "The run resumes from its last checkpoint: re-run the same command"
             ) from None
     return ray.get(refs)
@@ -326,13 +342,13 @@ def _drain(refs: list, timeout: float = 2.0) -> None:
             pass
 
 
-def _no_room(np: int, use_gpu: bool, job: str) -> RunnerError:
+def _no_room(np: int, use_gpu: bool, what: str) -> RunnerError:
     import ray
 
     free = ray.available_resources()
     need = f"{np} CPU{' and GPU' if use_gpu else ''} slots"
     return RunnerError(
-        f"{job}: the cluster did not free {need} within {PLACEMENT_TIMEOUT_S} s (available now: "
+        f"{what}: the cluster did not free {need} within {PLACEMENT_TIMEOUT_S} s (available now: "
         f"{free.get('CPU', 0):g} CPUs, {free.get('GPU', 0):g} GPUs); pass a smaller --np or add nodes"
     )
 

@@ -182,8 +182,11 @@ def train_cmd(
         return
     if address is not None:
         from jetscan.cluster.launch import launch_ray
+        from jetscan.jobs.train import train_runs
 
-        launch_ray(study, list(model), np_, backend or "horovod", address=address, restart=restart, min_np=min_np)
+        launch_ray(
+            study, list(model), np_, backend or "horovod", address=address, job=train_runs, restart=restart, min_np=min_np
+        )
         workers = f"{np_}" if min_np is None else f"up to {np_} elastic"
         console.print(f"trained {', '.join(model)} on {workers} {backend or 'horovod'} workers of the Ray cluster at {address}")
         return

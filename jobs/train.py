@@ -41,7 +41,7 @@ from jetscan.storage import blobs
 from jetscan.storage.loader import JetStream, split_assignment
 from jetscan.storage.reader import read_jets
 
-__all__ = ["Prepared", "prepare", "train", "load_trained", "checkpoint_path", "run_settings", "pick_device"]
+__all__ = ["Prepared", "prepare", "train", "train_runs", "load_trained", "checkpoint_path", "run_settings", "pick_device"]
 
 
 def checkpoint_path(run: str) -> str:
@@ -389,6 +389,15 @@ def train(
             return {"run": run, "stopped_after_epoch": epoch}
     module.load_state_dict(best["state"])
     return _finish(study, p, module, history, best_epoch=best["epoch"], seconds=time.perf_counter() - t0, comm=comm)
+
+
+def train_runs(
+    study: Study, runs: list[str], restart: bool = False, backend: str = "auto", on_epoch: Callable[[dict], None] | None = None
+) -> list[dict]:
+    """Train ``runs`` in turn in this worker; their summaries. The job a runner is handed
+    (:func:`jetscan.cluster.launch.launch_ray`): a top-level function, so Ray pickles it by
+    reference."""
+    return [train(study, run, restart=restart, backend=backend, on_epoch=on_epoch) for run in runs]
 
 
 def _warm_up(optimizers: list, factor: float, progress_epochs: float, warmup_epochs: float) -> None:

@@ -16,37 +16,67 @@ name                      kind         input            paper
 ========================  ===========  ===============  ==========================================
 
 Plus the mass adversary of Heimel et al. (:mod:`.adversarial`). No I/O here and no Ray, Dask or
-Horovod; modules are float32 and device-agnostic (move them with ``.to(device)``).
+Horovod; modules are float32 and device-agnostic (move them with ``.to(device)``). Importing
+this package, listing and checking model names import no torch: the network classes (and
+torch) load on first use.
 """
 
+import importlib
+
 from jetscan.core.models.registry import (
+    BUILTIN_MODELS,
     KINDS,
-    JetModel,
     ModelInfo,
     available_models,
     build_model,
+    check_model_name,
     default_hyper,
     make_optimizer,
     model_class,
     register,
 )
-from jetscan.core.models.taggers import DeepTopMinimal, MacalusoShih
-from jetscan.core.models.lola import CoLa, LoLa, LolaTagger
-from jetscan.core.models.autoencoders import PCA, CnnAE, DenseAE, ImageAE, LolaAE
-from jetscan.core.models.adversarial import (
-    AdversarialLosses,
-    MassAdversary,
-    adversarial_step,
-    mass_bin_edges,
-    mass_bin_labels,
-)
+
+# the network classes import torch: they are loaded on first access, so that importing this
+# package (and checking a study's model names) works without torch
+_LAZY = {
+    "JetModel": "jetscan.core.models.base",
+    "DeepTopMinimal": "jetscan.core.models.taggers",
+    "MacalusoShih": "jetscan.core.models.taggers",
+    "CoLa": "jetscan.core.models.lola",
+    "LoLa": "jetscan.core.models.lola",
+    "LolaTagger": "jetscan.core.models.lola",
+    "PCA": "jetscan.core.models.autoencoders",
+    "DenseAE": "jetscan.core.models.autoencoders",
+    "CnnAE": "jetscan.core.models.autoencoders",
+    "ImageAE": "jetscan.core.models.autoencoders",
+    "LolaAE": "jetscan.core.models.autoencoders",
+    "MassAdversary": "jetscan.core.models.adversarial",
+    "AdversarialLosses": "jetscan.core.models.adversarial",
+    "adversarial_step": "jetscan.core.models.adversarial",
+    "mass_bin_edges": "jetscan.core.models.adversarial",
+    "mass_bin_labels": "jetscan.core.models.adversarial",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
+    "BUILTIN_MODELS",
     "KINDS",
     "JetModel",
     "ModelInfo",
     "available_models",
     "build_model",
+    "check_model_name",
     "default_hyper",
     "make_optimizer",
     "model_class",

@@ -23,6 +23,12 @@ Each registered class declares, as class attributes:
 and calls ``self._configure(**values)`` first thing in ``__init__``, so a directly constructed
 model is checked too. Instances expose ``hyper`` (the resolved hyperparameters), ``info`` (a
 :class:`ModelInfo`) and ``loss(...)`` (per-jet losses).
+
+This module does not import torch: the built-in models' names and kinds are listed in
+:data:`BUILTIN_MODELS`, so :func:`available_models` (what a study's ``train.runs`` is checked
+against) works on a machine without torch, e.g. for ``jetscan generate``. The network modules,
+and torch, are imported by :func:`model_class` / :func:`build_model`, and the base class
+``JetModel`` (:mod:`jetscan.core.models.base`) is imported on first access.
 """
 
 from __future__ import annotations
@@ -34,21 +40,25 @@ import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from collections.abc import Mapping
-from typing import Any, Callable, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from jetscan.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "KINDS",
     "ModelInfo",
     "FrozenMapping",
     "Rule",
+    "BuiltinModel",
+    "BUILTIN_MODELS",
     "JetModel",
     "register",
     "build_model",
     "available_models",
+    "check_model_name",
     "model_class",
     "default_hyper",
     "make_optimizer",
@@ -65,13 +75,32 @@ __all__ = [
 #: the kinds a registered model may have
 KINDS = ("tagger", "autoencoder", "pca")
 
-# the modules that register models; imported on first use of the registry
-_MODEL_MODULES = (
-    "jetscan.core.models.taggers",
-    "jetscan.core.models.lola",
-    "jetscan.core.models.autoencoders",
-)
 
+
+class BuiltinModel(NamedTuple):
+    """Where a built-in model is defined: its kind, module and class name."""
+
+    kind: str
+    module: str
+    cls: str
+
+
+#: the built-in models, listed here so that names and kinds are known without importing torch;
+#: each class is registered under its name when its module is imported (``register`` checks the
+#: two agree, and that no other class takes a built-in name)
+BUILTIN_MODELS: Mapping[str, BuiltinModel] = {
+    "deeptop_minimal": BuiltinModel("tagger", "jetscan.core.models.taggers", "DeepTopMinimal"),
+    "macaluso_shih": BuiltinModel("tagger", "jetscan.core.models.taggers", "MacalusoShih"),
+    "lola_tagger": BuiltinModel("tagger", "jetscan.core.models.lola", "LolaTagger"),
+    "pca": BuiltinModel("pca", "jetscan.core.models.autoencoders", "PCA"),
+    "dense_ae": BuiltinModel("autoencoder", "jetscan.core.models.autoencoders", "DenseAE"),
+    "cnn_ae": BuiltinModel("autoencoder", "jetscan.core.models.autoencoders", "CnnAE"),
+    "image_ae": BuiltinModel("autoencoder", "jetscan.core.models.autoencoders", "ImageAE"),
+    "lola_ae": BuiltinModel("autoencoder", "jetscan.core.models.autoencoders", "LolaAE"),
+}
+
+# the classes registered so far (the built-in ones once their module is imported, and any
+# model registered by the user's code)
 _REGISTRY: dict[str, type] = {}
 
 
@@ -253,80 +282,6 @@ def _validate(model: str, rules: Mapping[str, Rule], values: Mapping[str, Any]) 
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Base class for registered models
-# --------------------------------------------------------------------------------------------
-
-
-class JetModel(nn.Module):
-    """Base of every registered model: hyperparameter checks and :class:`ModelInfo`.
-
-    Subclasses set the class attributes described in the module docstring, call
-    ``self._configure(**hyper)`` at the top of ``__init__``, and override
-    ``input_shape``/``representation``/``optimizer_settings`` where they depend on the
-    hyperparameters. Joint checks (one hyperparameter against another) go in ``_check_joint``,
-    returning a list of messages.
-    """
-
-    NAME: ClassVar[str] = ""
-    KIND: ClassVar[str] = ""
-    PAPER: ClassVar[str] = ""
-    LOSS: ClassVar[str] = ""
-    OPTIMIZER: ClassVar[str | None] = None
-    REPRESENTATION: ClassVar[str] = ""
-    RULES: ClassVar[Mapping[str, Rule]] = {}
-
-    def _configure(self, **values) -> Mapping[str, Any]:
-        name = self.NAME or type(self).__name__
-        hyper = _validate(name, self.RULES, values)
-        problems = self._check_joint(hyper)
-        if problems:
-            raise ConfigError("; ".join(f"{name}.{p}" for p in problems))
-        self.hyper = FrozenMapping(hyper)
-        return self.hyper
-
-    @staticmethod
-    def _check_joint(hyper: Mapping[str, Any]) -> list[str]:
-        return []
-
-    # -- what ModelInfo reports -------------------------------------------------------------
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        raise NotImplementedError
-
-    @property
-    def representation(self) -> str:
-        return self.REPRESENTATION
-
-    @property
-    def optimizer_settings(self) -> dict[str, Any]:
-        return {"lr": self.hyper["lr"]} if "lr" in self.hyper else {}
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self.NAME or type(self).__name__,
-            kind=self.KIND,
-            representation=self.representation,
-            input_shape=self.input_shape,
-            paper=self.PAPER,
-            optimizer=self.OPTIMIZER,
-            optimizer_settings=self.optimizer_settings,
-            batch_size=self.hyper.get("batch_size"),
-            loss=self.LOSS,
-            hyper=dict(self.hyper),
-            n_params=self.n_params,
-        )
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in getattr(self, "hyper", {}).items())
-
-
 def image_representation(channels: int, size: int) -> str:
     """The image preset name for ``(channels, size, size)`` inputs (``image<C>x<S>x<S>`` else)."""
     return {(1, 40): "heimel40", (1, 37): "ms37", (4, 37): "ms37x4"}.get(
@@ -339,6 +294,14 @@ def image_representation(channels: int, size: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def __getattr__(name: str):
+    if name == "JetModel":  # the nn.Module base class: importing it imports torch
+        from jetscan.core.models.base import JetModel
+
+        return JetModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def register(name: str):
     """Class decorator: register a :class:`JetModel` subclass under ``name``.
 
@@ -349,6 +312,8 @@ def register(name: str):
         raise ConfigError(f"register: a model name must be a Python identifier (got {name!r})")
 
     def deco(cls):
+        from jetscan.core.models.base import JetModel
+
         if not (isinstance(cls, type) and issubclass(cls, JetModel)):
             raise TypeError(f"register({name!r}) decorates JetModel subclasses, not {cls!r}")
         if cls.KIND not in KINDS:
@@ -361,11 +326,17 @@ def register(name: str):
         if missing or no_default:
             raise TypeError(f"{name}: keywords without a rule {missing} or default {no_default}")
         old = _REGISTRY.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        builtin = BUILTIN_MODELS.get(name)
+        taken = f"{old.__module__}.{old.__qualname__}" if old is not None else None
+        if builtin is not None and taken is None:
+            taken = f"{builtin.module}.{builtin.cls}"
+        if taken is not None and taken != f"{cls.__module__}.{cls.__qualname__}":
             raise ConfigError(
-                f"register: the name {name!r} is taken by {old.__module__}.{old.__qualname__}; "
+                f"register: the name {name!r} is taken by {taken}; "
                 f"pick another name for {cls.__module__}.{cls.__qualname__}"
             )
+        if builtin is not None and cls.KIND != builtin.kind:  # BUILTIN_MODELS is out of date
+            raise TypeError(f"{name}: KIND {cls.KIND!r} differs from BUILTIN_MODELS' {builtin.kind!r}")
         cls.NAME = name
         _REGISTRY[name] = cls
         return cls
@@ -382,30 +353,38 @@ def _init_params(cls) -> dict[str, Any]:
     }
 
 
-def _ensure_loaded() -> None:
-    for module in _MODEL_MODULES:
-        importlib.import_module(module)
+def _kinds() -> dict[str, str]:
+    """Every known model name and its kind: the built-in ones and those registered here."""
+    kinds = {name: b.kind for name, b in BUILTIN_MODELS.items()}
+    kinds.update({name: cls.KIND for name, cls in _REGISTRY.items()})
+    return kinds
 
 
 def available_models(kind: str | None = None) -> tuple[str, ...]:
-    """The registered names, sorted; ``kind`` keeps one kind (``"tagger"``, ...)."""
-    _ensure_loaded()
+    """The model names, sorted; ``kind`` keeps one kind (``"tagger"``, ...). Imports no torch."""
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"available_models: kind must be one of {', '.join(KINDS)} (got {kind!r})")
-    return tuple(sorted(n for n, c in _REGISTRY.items() if kind is None or c.KIND == kind))
+    return tuple(sorted(n for n, k in _kinds().items() if kind is None or k == kind))
+
+
+def check_model_name(name: Any) -> str:
+    """``name`` if it names a model, else ConfigError listing the names (imports no torch)."""
+    names = sorted(_kinds())
+    if not isinstance(name, str) or name not in names:
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; registered models: {', '.join(names)}")
+    return name
 
 
 def model_class(name: str) -> type:
-    """The class registered under ``name`` (ConfigError listing the names when there is none)."""
-    _ensure_loaded()
-    if not isinstance(name, str) or name not in _REGISTRY:
-        names = sorted(_REGISTRY)
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"unknown model {name!r}{hint}; registered models: {', '.join(names)}"
-        )
-    return _REGISTRY[name]
+    """The class registered under ``name`` (ConfigError listing the names when there is none);
+    a built-in model's module (and torch) is imported here."""
+    check_model_name(name)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    builtin = BUILTIN_MODELS[name]
+    return getattr(importlib.import_module(builtin.module), builtin.cls)
 
 
 def default_hyper(name: str) -> dict[str, Any]:
