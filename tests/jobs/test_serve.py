@@ -586,8 +586,6 @@ def test_serve_command_with_token_file(study_store, tmp_path):
 # --------------------------------------------------------------------------------------
 # the API against its own OpenAPI schema
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 
 def _steer(case, store, run, path):
@@ -603,6 +601,8 @@ def test_api_conforms_to_its_openapi_schema(app):
     """Generated requests (valid and invalid parameters) to every operation never get a 500,
     and every response matches its declared status codes, content type and schema (all of
     schemathesis' checks but one: see below)."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
