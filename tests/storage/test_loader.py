@@ -264,3 +264,16 @@ def test_decoded_bytes_held_stay_within_cache_mb_on_data_larger_than_it(study):
     mem = tiny.memory()
     assert mem["cache_bytes"] == 0 and mem["cache_budget_bytes"] == 0
     assert 0 < mem["peak_bytes"] <= mem["working_set_bytes"] == mem["limit_bytes"]
+
+
+def test_decode_workers_is_validated_and_stays_out_of_dumps_at_its_default(tiny_study):
+    import yaml
+
+    from jetscan.core.study import DataConfig, Study
+
+    study = tiny_study()
+    assert "decode_workers" not in study.data.model_dump(mode="json")  # run hashes made before it stay valid
+    two = _with_data(study, decode_workers=2)
+    assert Study.from_dict(yaml.safe_load(two.to_yaml())).data.decode_workers == 2
+    with pytest.raises(ValueError, match="decode_workers"):
+        DataConfig(decode_workers=0)
