@@ -18,8 +18,9 @@ process exactly those events from the same seed. All three sides make the same P
 chain pays once per shard, is left out of every side's time and reported on its own. Rounds
 come in pairs on one seed: chain, Pythia+FastJet, bare, then bare, Pythia+FastJet, chain
 (ABC CBA ...), after one warm-up round left out of the statistics (reported as "cold"), so
-a slow drift of a shared machine hits all sides alike. Each ratio is computed per round and reported as the median
-with its [min, max] and interquartile range over the rounds.
+a slow drift of a shared machine hits all sides alike. Each ratio is computed per round and
+reported as the median with its [min, max] and interquartile range over the rounds, in wall
+time and, as a cross-check less disturbed by other jobs, in this process's CPU time.
 
 The physical floor: any generator of clustered jets runs Pythia and then clusters every
 event; the chain's own anti-kT step (``cluster_fat_jets`` on the detector's tracks and
@@ -100,17 +101,17 @@ class PythiaSide:
         self.pythia.readString(f"Random:seed = {seed}")
         assert self.pythia.init()
 
-    def bare(self, n_events: int, batch: int) -> tuple[float, int]:
-        t0 = time.perf_counter()
+    def bare(self, n_events: int, batch: int) -> tuple[float, float, int]:
+        t0, c0 = time.perf_counter(), time.process_time()
         done = 0
         while done < n_events:
             done += len(self.pythia.nextBatch(min(batch, n_events - done)))
-        return time.perf_counter() - t0, 0
+        return time.perf_counter() - t0, time.process_time() - c0, 0
 
-    def pythia_fastjet(self, n_events: int, batch: int) -> tuple[float, int]:
+    def pythia_fastjet(self, n_events: int, batch: int) -> tuple[float, float, int]:
         jetdef = fastjet.JetDefinition(fastjet.antikt_algorithm, self.study.jet.r)
         lo, hi = self.study.jet.pt_window_gev
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         done = n_jets = 0
         while done < n_events:
             b = self.pythia.nextBatch(min(batch, n_events - done))
@@ -124,7 +125,7 @@ class PythiaSide:
             jets = fastjet.ClusterSequence(vecs, jetdef).inclusive_jets(min_pt=lo)
             pt = np.hypot(ak.flatten(jets.px).to_numpy(), ak.flatten(jets.py).to_numpy())
             n_jets += int(((pt >= lo) & (pt < hi)).sum())
-        return time.perf_counter() - t0, n_jets
+        return time.perf_counter() - t0, time.process_time() - c0, n_jets
 
 
 class ChainSide:
@@ -137,6 +138,7 @@ class ChainSide:
 
         self.maker = ShardMaker(study)
         self.init_seconds: list[float] = []
+        self.init_cpu_seconds: list[float] = []
         self.step_seconds: list[float] = []
         self.cluster_seconds: list[float] = []
         cluster = gen.cluster_fat_jets
@@ -151,9 +153,10 @@ class ChainSide:
         pythia_for, jets_from_batch = self.maker._pythia_for, self.maker.jets_from_batch
 
         def timed_init(sample, seed):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = pythia_for(sample, seed)
             self.init_seconds.append(time.perf_counter() - t)
+            self.init_cpu_seconds.append(time.process_time() - c)
             return out
 
         def timed_step(batch, spec, rng):
@@ -165,18 +168,21 @@ class ChainSide:
         self.maker._pythia_for = timed_init  # type: ignore[method-assign]
         self.maker.jets_from_batch = timed_step  # type: ignore[method-assign]
 
-    def run(self, n_jets: int, seed: int) -> tuple[float, int, float, float]:
-        """One shard: (seconds without Pythia init, events, Pythia init seconds, clustering seconds)."""
+    def run(self, n_jets: int, seed: int) -> tuple[float, float, int, float, float]:
+        """One shard: (seconds and CPU seconds without Pythia init, events, Pythia init seconds,
+        clustering seconds)."""
         before, before_c = len(self.init_seconds), len(self.cluster_seconds)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _, n_events = self.maker.make_arrays(ShardSpec("qcd", 0, 0, n_jets, seed))
-        init = sum(self.init_seconds[before:])
-        return time.perf_counter() - t0 - init, n_events, init, sum(self.cluster_seconds[before_c:])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        init, init_cpu = sum(self.init_seconds[before:]), sum(self.init_cpu_seconds[before:])
+        return wall - init, cpu - init_cpu, n_events, init, sum(self.cluster_seconds[before_c:])
 
 
 def one_round(chain: ChainSide, bare: PythiaSide, pf: PythiaSide, n_jets: int, seed: int,
               n_events: int | None, batch: int):
-    """The three sides on the same events; returns {side: seconds}, events, Pythia+FastJet jets.
+    """The three sides on the same events; returns {side: seconds}, {side: CPU seconds}, events,
+    Pythia+FastJet jets.
 
     The chain decides how many events ``n_jets`` need, so a new seed runs chain first
     (chain, Pythia+FastJet, bare); a seed whose event count is known runs in the opposite
@@ -184,20 +190,21 @@ def one_round(chain: ChainSide, bare: PythiaSide, pf: PythiaSide, n_jets: int, s
     first and last on the same events.
     """
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     order = SIDES if n_events is not None else SIDES[::-1]
     n_pf_jets = 0
     for side in order:
         if side == "full_chain":
-            t, n, seconds["full_chain_init"], seconds["full_chain_clustering"] = chain.run(n_jets, seed)
+            t, cpu[side], n, seconds["full_chain_init"], seconds["full_chain_clustering"] = chain.run(n_jets, seed)
             assert n_events is None or n == n_events, (n, n_events)  # the same seed gives the same events
             n_events, seconds[side] = n, t
         elif side == "bare":
             bare.reseed(seed)
-            seconds[side], _ = bare.bare(n_events, batch)
+            seconds[side], cpu[side], _ = bare.bare(n_events, batch)
         else:
             pf.reseed(seed)
-            seconds[side], n_pf_jets = pf.pythia_fastjet(n_events, batch)
-    return seconds, n_events, n_pf_jets
+            seconds[side], cpu[side], n_pf_jets = pf.pythia_fastjet(n_events, batch)
+    return seconds, cpu, n_events, n_pf_jets
 
 
 def spread(values) -> dict[str, float]:
@@ -215,7 +222,7 @@ def single_core(study: Study, rounds: int, round_jets: int, warmup_jets: int) ->
     seeds = [pythia_seed(4242, "qcd", r) for r in range((rounds + 1) // 2 + 1)]
     chain, bare, pf = ChainSide(study), PythiaSide(study, seeds[0]), PythiaSide(study, seeds[0])
 
-    cold, n_cold, _ = one_round(chain, bare, pf, warmup_jets, seeds[0], None, batch)
+    cold, _, n_cold, _ = one_round(chain, bare, pf, warmup_jets, seeds[0], None, batch)
     print(f"a. one core; cold round ({n_cold} events, warm-up, not in the statistics): "
           + ", ".join(f"{k} {1e3 * cold[k] / n_cold:.2f} ms/event" for k in SIDES)
           + f"; Pythia construction + init {cold['full_chain_init']:.2f} s")
@@ -223,9 +230,10 @@ def single_core(study: Study, rounds: int, round_jets: int, warmup_jets: int) ->
     for r in range(1, rounds + 1):
         seed = seeds[(r + 1) // 2]
         order = "bare-first" if seed in known else "chain-first"
-        sec, known[seed], n_pf_jets = one_round(chain, bare, pf, round_jets, seed, known.get(seed), batch)
+        sec, cpu, known[seed], n_pf_jets = one_round(chain, bare, pf, round_jets, seed, known.get(seed), batch)
         n_events = known[seed]
-        per_round.append({"seed": seed, "events": n_events, "seconds": sec, "pythia_fastjet_jets": n_pf_jets, "order": order})
+        per_round.append({"seed": seed, "events": n_events, "seconds": sec, "cpu_seconds": cpu,
+                          "pythia_fastjet_jets": n_pf_jets, "order": order})
         print(f"  round {r} ({per_round[-1]['order']}, {n_events} events): "
               + ", ".join(f"{k} {1e3 * sec[k] / n_events:.2f}" for k in SIDES) + " ms/event")
 
@@ -235,6 +243,8 @@ def single_core(study: Study, rounds: int, round_jets: int, warmup_jets: int) ->
     pf_over_bare = spread([p["seconds"]["bare"] / p["seconds"]["pythia_fastjet"] for p in per_round])
     ceiling = spread([p["seconds"]["bare"] / (p["seconds"]["bare"] + p["seconds"]["full_chain_clustering"]) for p in per_round])
     cluster_ms = spread([1e3 * p["seconds"]["full_chain_clustering"] / p["events"] for p in per_round])
+    cpu_full_over_bare = spread([p["cpu_seconds"]["bare"] / p["cpu_seconds"]["full_chain"] for p in per_round])
+    cpu_full_over_pf = spread([p["cpu_seconds"]["pythia_fastjet"] / p["cpu_seconds"]["full_chain"] for p in per_round])
     with_init = spread([p["seconds"]["bare"] / (p["seconds"]["full_chain"] + p["seconds"]["full_chain_init"]) for p in per_round])
     init_ms = 1e3 * np.array(chain.init_seconds)
     step_ms = 1e3 * np.array(chain.step_seconds)
@@ -255,6 +265,8 @@ def single_core(study: Study, rounds: int, round_jets: int, warmup_jets: int) ->
           "no detector: more objects than the chain's tracks and towers)")
     print(f"ratio full chain / Pythia+FastJet      = {fmt(full_over_pf)}  (aim >= 0.95)")
     print(f"  full chain with its per-shard Pythia re-init ({round_jets}-jet shards) / bare = {fmt(with_init)}")
+    print(f"  the same two ratios in CPU time of this process (less disturbed by other jobs on a shared machine): "
+          f"full / bare {fmt(cpu_full_over_bare)}; full / Pythia+FastJet {fmt(cpu_full_over_pf)}")
     return {
         "events": n_events,
         "rounds": per_round,
@@ -266,6 +278,8 @@ def single_core(study: Study, rounds: int, round_jets: int, warmup_jets: int) ->
         "ratio_pythia_fastjet_over_bare": pf_over_bare,
         "chain_clustering_ms_per_event": cluster_ms,
         "ratio_full_with_reinit_over_bare": with_init,
+        "cpu_ratio_full_over_bare": cpu_full_over_bare,
+        "cpu_ratio_full_over_pythia_fastjet": cpu_full_over_pf,
         "pythia_init_ms": {"first": float(init_ms[0]), "median_reinit": float(np.median(init_ms[1:] if len(init_ms) > 1 else init_ms))},
         "chain_step_ms": {"p50": float(np.percentile(step_ms, 50)), "p95": float(np.percentile(step_ms, 95))},
     }
