@@ -522,10 +522,12 @@ def search(
     study_path: str | Path | None = None,
     threads: int | None = None,
     max_rounds: int = 5,
+    spawn: bool = False,
 ) -> dict:
     """Run (or finish) search ``name`` of ``study``: create the Optuna study once, recover dead
     workers' trials, run ``workers`` workers (here, as processes, or Ray tasks with ``address``)
-    until ``trials`` trials are complete, keep the best weights and write the report."""
+    until ``trials`` trials are complete, keep the best weights and write the report. One local worker
+    runs in this process unless ``spawn`` (then it is a process, like N workers)."""
     import optuna
 
     cfg = search_config(study, name)
@@ -571,7 +573,7 @@ def search(
                 task = {"study": study.model_dump(mode="json"), "name": name, "storage": url, "trials": target,
                         "threads": threads, "session": session}
                 run_tasks(_ray_worker, [{**task, "index": i} for i in range(n)], workers=n, address=address)
-            elif n == 1:
+            elif n == 1 and not spawn:
                 worker(study, name, url, trials=target, worker_index=rounds, threads=threads, session=session)
             else:
                 from jetscan.cluster.local import run_processes
@@ -669,6 +671,13 @@ def search_summary(study: Study, name: str, ostudy) -> dict:
         xs = sorted(per_b)
         k = knee_point(xs, [per_b[b] for b in xs])
         out["knee_bottleneck"] = None if k is None else xs[k]
+    if "hyper.bottleneck" in cfg.params:  # the supervised view: the bottleneck with the best AUC per signal
+        best_auc: dict[str, tuple[float, Any]] = {}
+        for r in _results_rows(study, name):
+            b, auc = r.get("param_hyper_bottleneck"), r.get("auc")
+            if b is not None and auc is not None and not math.isnan(auc) and auc > best_auc.get(r["signal"], (-1.0, None))[0]:
+                best_auc[r["signal"]] = (auc, b)
+        out["auc_best_bottleneck"] = {sig: b for sig, (_, b) in sorted(best_auc.items())}
     return out
 
 
@@ -824,7 +833,9 @@ def write_search_report(study: Study, name: str, ostudy, out_dir: Path) -> Path:
     ]
     if "hyper.bottleneck" in cfg.params:
         parts.append(f"<p>Unsupervised choice (knee of the validation loss vs bottleneck, Kneedle): "
-                     f"{'bottleneck ' + str(knee) if knee is not None else 'no knee (fewer than 3 sizes, or a straight line)'}</p>")
+                     f"{'bottleneck ' + str(knee) if knee is not None else 'no knee (fewer than 3 sizes, or a straight line)'}"
+                     f"; supervised (highest AUC): "
+                     f"{e(', '.join(f'{b} against {sig}' for sig, b in summary.get('auc_best_bottleneck', {}).items()) or 'no AUC')}</p>")
     parts += [f"<p class=\"meta\">{n}</p>" for n in notes]
     parts.append("<h2>Trials</h2>" + rep._html_table(headers, body, left=2))
     parts.append('<div class="plots">' + "\n".join(
@@ -887,6 +898,8 @@ def add_commands(app) -> None:
             console.print(f"  best: trial {b['trial']} {b['params']} -> {dict(zip(summary['objectives'], b['values']))}")
         if summary.get("knee_bottleneck") is not None:
             console.print(f"  unsupervised choice (knee of val loss vs bottleneck): {summary['knee_bottleneck']}")
+        for sig, b in summary.get("auc_best_bottleneck", {}).items():
+            console.print(f"  supervised choice (highest AUC against {sig}): bottleneck {b}")
         if "report" in summary:
             console.print(f"report: {summary['report']}")
         if c["done"] < summary["target"]:

@@ -91,6 +91,8 @@ def test_a_small_search_writes_every_trial_to_parquet_with_its_parameters(study,
     assert best == trial_run_name("bottleneck", {"hyper.bottleneck": 18})
     assert [p.split("/")[1] for p in blobs.glob(study.store, "_runs/bottleneck-*/checkpoint.pt")] == [best]
     assert summary["knee_bottleneck"] in (2, 10, 18)
+    for sig in ("top", "gluino"):  # the supervised choice: the bottleneck of the highest AUC
+        assert summary["auc_best_bottleneck"][sig] == max((r for r in rows if r["signal"] == sig), key=lambda r: r["auc"])["bottleneck"]
     index = Path(summary["report"])
     assert "Unsupervised choice" in index.read_text()
     assert {"history_0.png", "bottleneck_val_loss.png", "bottleneck_auc.png"} <= {p.name for p in index.parent.iterdir()}
