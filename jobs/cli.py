@@ -6,6 +6,8 @@
     jetscan train STUDY.yaml --model RUN [--restart] [--np N] [--backend horovod|ddp] [--address HOST:PORT [--min-np M]]
     jetscan evaluate STUDY.yaml    [--model RUN ...] [--report DIR]
     jetscan info STORE             samples, jet counts, stored inputs and the shard catalog
+    jetscan submit STUDY.yaml      [--stage STAGE] [--site FILE] [--dry-run]   Slurm batch jobs
+    jetscan status STUDY.yaml      [--site FILE]  what Slurm and the store say
     jetscan search STUDY.yaml NAME [--trials N] [--workers N] [--address HOST:PORT] [--storage URL]
     jetscan serve STORE...         [--host H] [--port N] [--token-file F] [--no-auth]: read-only HTTP service
     jetscan query URL|STORE QUERY  [--columns ...] [--format table|csv|parquet]
@@ -139,11 +141,26 @@ def _train(study, runs, restart: bool) -> None:
             def on_epoch(e: dict) -> None:
                 progress.update(bar, completed=e["epoch"] + 1, loss=f"val loss {e['val_loss']:.4g}")
 
-            summary = train(study, run, restart=restart, on_epoch=on_epoch)
+            summary = train(study, run, restart=restart, on_epoch=on_epoch, should_stop=_stop_flag())
+        _exit_if_preempted(summary)
         console.print(
             f"{run}: {summary['epochs_run']} epoch(s), best epoch {summary['best_epoch']}, "
             f"val loss {summary['best_val_loss']:.4g}, {summary['train_jets']} training jets, {summary['seconds']:.0f} s"
         )
+
+
+def _stop_flag():
+    from jetscan.cluster import preempt
+
+    return preempt.from_env()  # a Slurm batch script sets JETSCAN_STOP_SIGNALS
+
+
+def _exit_if_preempted(summary: dict) -> None:
+    from jetscan.cluster import preempt
+
+    if summary.get("preempted"):
+        console.print(f"{summary['run']}: stopped on request after epoch {summary['stopped_after_epoch']} (checkpoint written)")
+        sys.exit(preempt.PREEMPTED_EXIT)
 
 
 @app.command("train")
@@ -178,7 +195,7 @@ def train_cmd(
         from jetscan.jobs.train import train
 
         for run in model:
-            train(study, run, restart=restart, backend=backend or "auto")
+            _exit_if_preempted(train(study, run, restart=restart, backend=backend or "auto", should_stop=_stop_flag()))
         return
     if address is not None:
         from jetscan.cluster.launch import launch_ray
@@ -227,6 +244,57 @@ def _evaluate(study, runs, report) -> None:
         evaluate(study, runs, report_dir=out)
     Console(width=None if sys.stdout.isatty() else 200).print(metrics_table(read_results(study.store)))
     console.print(f"report: {Path(out) / 'index.html'}")
+
+
+@app.command("submit")
+def submit_cmd(
+    study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
+    stage: str = typer.Option("all", "--stage", help="generate|preprocess|train|search|scan|evaluate|all"),
+    site: Optional[Path] = typer.Option(None, "--site", help="Slurm site file (see slurm/site.example.yaml)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the scripts and sbatch lines, submit nothing"),
+) -> None:
+    """Submit the study (or one stage) as Slurm batch jobs, chained with afterok."""
+    from jetscan.cluster.slurm_site import load_site
+    from jetscan.jobs.submit import submit
+
+    study = _study(study_path)
+    jobs = submit(study, study_path, load_site(site), stage, dry_run=dry_run)
+    for job in jobs:
+        if dry_run:
+            print(f"# ---- {job.path}\n{job.text}")
+            print("# " + " ".join(job.sbatch_command()) + "\n")
+        else:
+            console.print(f"{job.stage}: job {job.job_id} ({job.path})")
+    if not dry_run:
+        print(" ".join(j.job_id for j in jobs))
+
+
+@app.command("status")
+def status_cmd(
+    study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
+    site: Optional[Path] = typer.Option(None, "--site", help="the site file the study was submitted with"),
+) -> None:
+    """What Slurm says of the study's submitted jobs and what its store holds."""
+    from rich.table import Table
+
+    from jetscan.cluster.slurm_site import load_site
+    from jetscan.jobs.submit import status
+
+    st = status(_study(study_path), study_path, load_site(site))
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    jobs = Table("stage", "job", "state", "reason", "exit code", "restarts", title="Slurm")
+    for j in st["jobs"]:
+        jobs.add_row(j["stage"], j["job_id"], j["state"], j["reason"], j["exit_code"], str(j["restarts"]))
+    out.print(jobs if st["jobs"] else f"no jobs submitted yet ({st['jobs_file']})")
+    store = Table("sample", "shards committed", title="store")
+    for name, s in st["store"]["samples"].items():
+        store.add_row(name, f"{s['shards_committed']}/{s['shards_planned']}")
+    out.print(store)
+    if st["store"]["runs"]:
+        runs = Table("run", "epochs done", "finished")
+        for name, r in st["store"]["runs"].items():
+            runs.add_row(name, f"{r['epochs_done']}/{r['epochs']}", "yes" if r["finished"] else r.get("error", "no"))
+        out.print(runs)
 
 
 @app.command("info")

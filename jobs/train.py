@@ -241,9 +241,13 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     stop_after_epochs: int | None = None,
     backend: str = "auto",
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Train (or resume) one run; returns its summary. ``stop_after_epochs`` ends the process's
     work early (a test hook standing in for a killed job); the checkpoint stays resumable.
+    ``should_stop`` (e.g. :func:`jetscan.cluster.preempt.from_env`'s flag, set by Slurm's
+    preemption signal) is asked after each epoch's checkpoint; when any rank says yes, every
+    rank returns ``{"run", "stopped_after_epoch", "preempted": True}`` and a re-run resumes.
 
     Data parallel: ``comm`` (default ``make_comm(backend)``: ``"auto"``, ``"horovod"``,
     ``"ddp"``) gives rank and size; each rank reads ``batch_size / size`` jets of every global
@@ -387,6 +391,8 @@ def train(
             break
         if stop_after_epochs is not None and done_now >= stop_after_epochs:
             return {"run": run, "stopped_after_epoch": epoch}
+        if should_stop is not None and epoch + 1 < cfg.epochs and comm.allreduce_mean(float(should_stop())) > 0:
+            return {"run": run, "stopped_after_epoch": epoch, "preempted": True}  # every rank stops together
     module.load_state_dict(best["state"])
     return _finish(study, p, module, history, best_epoch=best["epoch"], seconds=time.perf_counter() - t0, comm=comm)
 
