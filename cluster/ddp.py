@@ -1,12 +1,24 @@
 """torch.distributed behind the :class:`~jetscan.cluster.distributed.Comm` interface.
 
 Launched by ``torchrun --nproc_per_node N ...`` (or any launcher that sets ``MASTER_ADDR``,
-``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE``): the process group is initialised from the
-environment, gloo on CPU, nccl when CUDA is available. The module is not wrapped in
-``DistributedDataParallel``: :meth:`DDPComm.wrap_optimizer` returns an optimizer whose
-``step()`` first averages every parameter's gradient over the ranks, so the training loop is
-the same code as on one process (and exact: the mean of the ranks' mean-loss gradients over
-equal sub-batches is the gradient of the global batch's mean loss).
+``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE``: :mod:`jetscan.cluster.ray_train`'s actors,
+:mod:`jetscan.cluster.slurm`'s srun tasks): the process group is initialised from the
+environment, NCCL when the worker trains on CUDA (on its own GPU, chosen by
+:mod:`jetscan.cluster.devices` before the group is made), gloo on the CPU.
+
+Gradients are averaged by torch's ``DistributedDataParallel`` (Li et al., "PyTorch
+Distributed", VLDB 2020, arXiv:2006.15704): :meth:`DDPComm.wrap_module` wraps the model, and
+the backward pass all-reduces the gradients in buckets while it is still computing the
+earlier layers' gradients. The optimizer is the plain one. DDP averages (sums, divided by the
+world size), so with every rank taking the mean loss over its equal share of the global batch
+the step is the one-process step on the global batch's mean loss.
+
+The wrapped module (:class:`DDPModule`) is only for the training forward passes; the
+``state_dict``, checkpoints and the no-gradient passes (validation, evaluation) use the inner
+module. The mass-decorrelated autoencoder wraps both of its modules: in the autoencoder's
+step of :func:`jetscan.core.models.adversarial.adversarial_step` the adversary's parameters
+are frozen, no gradient reaches them, and DDP reduces nothing for it (checked in
+``tests/cluster/test_devices.py``); the adversary's own step reduces its gradients.
 """
 
 from __future__ import annotations
@@ -16,27 +28,32 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from jetscan.cluster.distributed import Comm
 from jetscan.core.errors import RunnerError
 
-__all__ = ["DDPComm", "GradAveragingOptimizer"]
+__all__ = ["DDPComm", "DDPModule"]
 
 
 class DDPComm(Comm):
-    """One torch.distributed process (the process group is created if needed)."""
+    """One torch.distributed process (the process group is created if needed).
 
-    def __init__(self, backend: str | None = None):
+    ``cuda``: whether this worker trains on CUDA (default: CUDA is available); then the
+    group uses NCCL on this worker's GPU (``backend`` overrides), else gloo."""
+
+    def __init__(self, backend: str | None = None, *, cuda: bool | None = None):
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE") if k not in os.environ]
         if not dist.is_initialized() and missing:
             raise RunnerError(
                 f"backend 'ddp' needs {', '.join(missing)} in the environment: launch with "
                 "`torchrun --nproc_per_node N -m jetscan.jobs.cli train ...`"
             )
+        cuda = torch.cuda.is_available() if cuda is None else cuda
         if not dist.is_initialized():
-            backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-            if backend == "nccl" and "LOCAL_RANK" in os.environ:
-                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            backend = backend or ("nccl" if cuda else "gloo")
+            if backend == "nccl":
+                self.use_device("cuda")  # this worker's own GPU before NCCL binds one
             dist.init_process_group(backend=backend)
             atexit.register(self.shutdown)
         super().__init__(rank=dist.get_rank(), size=dist.get_world_size())
@@ -61,8 +78,12 @@ class DDPComm(Comm):
             dist.broadcast_object_list(state, src=0)
             optimizer.load_state_dict(state[0])
 
-    def wrap_optimizer(self, optimizer, module):
-        return GradAveragingOptimizer(optimizer, self.size)
+    def wrap_module(self, module):
+        """``module`` in :class:`DDPModule` (one process: the module itself). Every rank must
+        wrap the same modules in the same order (DDP's constructor syncs rank 0's weights)."""
+        if self.size == 1:
+            return module
+        return DDPModule(module)
 
     def barrier(self) -> None:
         dist.barrier()
@@ -72,35 +93,25 @@ class DDPComm(Comm):
             dist.destroy_process_group()
 
 
-class GradAveragingOptimizer:
-    """Wraps an optimizer: ``step()`` all-reduces (averages) the gradients, then steps.
+class DDPModule(DistributedDataParallel):
+    """``DistributedDataParallel`` for a jetscan model: on the module's own device
+    (``device_ids`` for a CUDA module), with the model's ``loss`` and other public attributes
+    (``adv_lambda``, ``hyper``) reachable through the wrapper."""
 
-    Everything else (``zero_grad``, ``state_dict``, ``param_groups``, ...) is the inner
-    optimizer's, so schedulers and checkpoints see the optimizer they were made for."""
+    def __init__(self, module: torch.nn.Module, **kwargs):
+        first = next(module.parameters(), None)
+        if first is not None and first.device.type == "cuda":
+            kwargs.setdefault("device_ids", [first.device.index])
+            kwargs.setdefault("output_device", first.device.index)
+        super().__init__(module, **kwargs)
 
-    def __init__(self, optimizer: torch.optim.Optimizer, size: int):
-        self.__dict__["optimizer"] = optimizer
-        self.__dict__["size"] = size
+    def loss(self, *args, **kwargs):
+        return self.module.loss(*args, **kwargs)
 
-    def step(self, closure=None):
-        if self.size > 1:
-            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                flat = torch.cat([g.reshape(-1) for g in grads])
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-                flat /= self.size
-                offset = 0
-                for g in grads:
-                    n = g.numel()
-                    g.copy_(flat[offset : offset + n].view_as(g))
-                    offset += n
-        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
-
-    def __getattr__(self, name):
-        return getattr(self.optimizer, name)
-
-    def __setattr__(self, name, value):
-        setattr(self.optimizer, name, value)
-
-    def __repr__(self) -> str:
-        return f"GradAveragingOptimizer({self.optimizer!r})"
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name == "module":
+                raise  # DDP's own (possibly not yet set) attributes are never the model's
+            return getattr(self.module, name)

@@ -1,8 +1,11 @@
 """Who am I in a data-parallel job, and how do ranks agree: one small interface.
 
 The training loop (``jetscan.jobs.train``) talks to a :class:`Comm` only: its rank and
-size, ``allreduce_mean`` for metrics, ``broadcast`` of the initial state from rank 0, and
-``wrap_optimizer`` for gradient averaging. :class:`SingleProcess` is the size-1 case (a
+size, ``allreduce_mean`` for metrics, ``broadcast_state`` of the initial state from rank 0,
+``wrap_module`` and ``wrap_optimizer`` for gradient averaging (torch's
+``DistributedDataParallel`` wraps the module for ``ddp``; Horovod's ``DistributedOptimizer``
+wraps the optimizer; the one-process comm returns both unchanged), and ``use_device`` for this
+worker's own GPU (:mod:`jetscan.cluster.devices`). :class:`SingleProcess` is the size-1 case (a
 laptop CPU run goes through exactly the same code); :mod:`jetscan.cluster.horovod`
 (``HorovodComm``) and :mod:`jetscan.cluster.ddp` (``DDPComm``, torch.distributed) plug in
 behind the same interface; :func:`make_comm` picks one, and :mod:`jetscan.cluster.launch`
@@ -95,7 +98,20 @@ class Comm:
         return None
 
     def wrap_optimizer(self, optimizer, module):
+        """The optimizer the loop steps (Horovod: one that averages the gradients)."""
         return optimizer
+
+    def wrap_module(self, module):
+        """What the loop calls for the training forward pass (ddp: ``DistributedDataParallel``,
+        whose backward averages the gradients); loss, state_dict and checkpoints use ``module``."""
+        return module
+
+    def use_device(self, choice: str):
+        """This worker's ``torch.device`` for ``train.device`` ``choice``, made current on CUDA
+        (:func:`jetscan.cluster.devices.use_device`: one GPU per local rank)."""
+        from jetscan.cluster.devices import use_device
+
+        return use_device(choice)
 
     def barrier(self) -> None:
         return None
@@ -153,10 +169,12 @@ def _horovod_available() -> bool:
     return True
 
 
-def make_comm(backend: str = "auto") -> Comm:
+def make_comm(backend: str = "auto", *, cuda: bool | None = None) -> Comm:
     """The communicator for this process: ``backend`` is ``"auto"`` (from the launcher's
     environment, size 1 when none), ``"horovod"`` (:class:`jetscan.cluster.horovod.HorovodComm`),
     ``"ddp"`` (:class:`jetscan.cluster.ddp.DDPComm`, torch.distributed) or ``"single"``.
+    ``cuda``: whether this worker trains on CUDA (ddp: NCCL on this worker's GPU, else gloo;
+    default: CUDA when it is available).
 
     In a task of an srun step (several tasks, no horovodrun / torchrun inside it) the
     rendezvous is first set up from the Slurm environment (:func:`jetscan.cluster.slurm.setup`)."""
@@ -175,4 +193,4 @@ def make_comm(backend: str = "auto") -> Comm:
         return HorovodComm()
     from jetscan.cluster.ddp import DDPComm
 
-    return DDPComm()
+    return DDPComm(cuda=cuda)

@@ -2,7 +2,9 @@
 
 Launched by ``horovodrun -np N --gloo -H localhost:N ...`` (or mpirun): ``hvd.init()``, rank
 and size from Horovod, metrics averaged with ``hvd.allreduce`` (op Average), the initial
-weights broadcast from rank 0, and gradients averaged by ``hvd.DistributedOptimizer``.
+weights broadcast from rank 0, and gradients averaged by ``hvd.DistributedOptimizer`` (its
+backward hooks start each gradient's all-reduce as soon as it is computed). Each worker
+trains on the GPU of its ``hvd.local_rank()`` (:mod:`jetscan.cluster.devices`).
 Build Horovod with ``bash cluster/build_horovod.sh .venv/bin/python``.
 """
 
@@ -70,6 +72,12 @@ class HorovodComm(Comm):
 
         wrapped.zero_grad = zero_grad
         return wrapped
+
+    def use_device(self, choice: str):
+        """This worker's device: the GPU of ``hvd.local_rank()`` (:mod:`jetscan.cluster.devices`)."""
+        from jetscan.cluster.devices import use_device
+
+        return use_device(choice, horovod=(self.hvd.local_rank(), self.hvd.local_size()))
 
     def barrier(self) -> None:
         self.hvd.barrier()

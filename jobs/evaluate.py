@@ -2,7 +2,10 @@
 
 The whole story of the stage (``jetscan evaluate STUDY.yaml [--model RUN ...]``):
 
-1. Each finished run is loaded from its checkpoint (:func:`jetscan.jobs.train.load_trained`).
+1. Each finished run is loaded from its checkpoint (:func:`jetscan.jobs.train.load_trained`)
+   onto the study's device (``train.device``, chosen as for training by
+   :mod:`jetscan.cluster.devices`: the GPU of this process's local rank, or the CPU); scores
+   are computed there in float32 and come back to the host.
 2. Every relevant sample's *test* split is scored jet by jet: an autoencoder's score is its
    reconstruction loss (the anomaly score), a tagger's the signal probability. Autoencoders
    are compared against every signal sample of the study, taggers against their own signal.
@@ -21,6 +24,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from jetscan.cluster.devices import use_device
 from jetscan.core.study import Study
 from jetscan.jobs.train import load_trained
 from jetscan.storage import blobs, results
@@ -31,13 +35,18 @@ __all__ = ["score_sample", "evaluation_for", "evaluate", "flat_config"]
 
 @torch.no_grad()
 def score_sample(study: Study, module, info, representation: str, sample: str, *, want_images: bool = False):
-    """Scores, masses and labels of one sample's test split (and mean input/reconstruction images)."""
+    """Scores, masses and labels of one sample's test split (and mean input/reconstruction
+    images), computed on the module's device."""
     stream = JetStream(study, [sample], representation, split="test", shuffle=False, on_the_fly=_on_the_fly(study, sample, representation))
+    device = next(iter(module.state_dict().values()), torch.empty(0)).device
     scores, masses, labels = [], [], []
     img_in = img_out = None
     n = 0
     for batch in stream.iter_numpy():
-        x = torch.from_numpy(batch["x"]).reshape(len(batch["x"]), *info.input_shape)
+        x = torch.from_numpy(batch["x"])
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        x = x.reshape(len(x), *info.input_shape)
         out = module(x)
         if info.kind == "tagger":
             s = torch.softmax(out, dim=1)[:, 1]
@@ -47,7 +56,7 @@ def score_sample(study: Study, module, info, representation: str, sample: str, *
                 img_in = x.sum(0) if img_in is None else img_in + x.sum(0)
                 img_out = out.reshape(x.shape).sum(0) if img_out is None else img_out + out.reshape(x.shape).sum(0)
         n += len(x)
-        scores.append(s.double().numpy())
+        scores.append(s.double().cpu().numpy())
         masses.append(batch["mass"])
         labels.append(batch["label"])
     arrays = {"score": np.concatenate(scores), "mass": np.concatenate(masses), "label": np.concatenate(labels)}
@@ -59,7 +68,7 @@ def score_sample(study: Study, module, info, representation: str, sample: str, *
 
 def _image2d(t: torch.Tensor) -> np.ndarray:
     """A mean image as (H, W): colour channels, if any, are summed."""
-    a = t.numpy().astype(np.float32)
+    a = t.cpu().numpy().astype(np.float32)
     return a.reshape(-1, *a.shape[-2:]).sum(axis=0)
 
 
@@ -106,7 +115,7 @@ def flat_config(study: Study, run: str, ckpt: dict) -> dict:
 
 def evaluation_for(study: Study, run: str) -> dict:
     """Score a finished run on the test split: the mapping :mod:`jetscan.storage.results` takes."""
-    module, info, ckpt = load_trained(study, run)
+    module, info, ckpt = load_trained(study, run, use_device(study.train.device))
     cfg = study.run(run)
     representation = cfg.representation or info.representation
     background = [s for s in cfg.samples if not study.sample(s).is_signal]

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from jetscan.cluster.devices import wants_cuda
 from jetscan.cluster.distributed import Comm, make_comm
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.models import build_model, make_optimizer
@@ -41,7 +42,7 @@ from jetscan.storage import blobs
 from jetscan.storage.loader import JetStream, split_assignment
 from jetscan.storage.reader import read_jets
 
-__all__ = ["Prepared", "prepare", "train", "train_runs", "load_trained", "checkpoint_path", "run_settings", "pick_device"]
+__all__ = ["Prepared", "prepare", "train", "train_runs", "load_trained", "checkpoint_path", "run_settings"]
 
 
 def checkpoint_path(run: str) -> str:
@@ -77,14 +78,6 @@ def _all_samples(study: Study, cfg: RunConfig) -> list[str]:
     if cfg.contaminated and c is not None and c.signal not in names:
         names.append(c.signal)
     return names
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' asked for but no CUDA device is visible; use 'auto' or 'cpu'")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
 
 
 @dataclass
@@ -162,16 +155,26 @@ def prepare(study: Study, run: str, comm: Comm | None = None, *, on_the_fly: boo
     )
 
 
+def _tensors(batch: dict, device) -> dict:
+    """A loader batch as tensors; on CUDA the inputs and labels in pinned (page-locked) host
+    memory, so their copies to the GPU (``non_blocking``) overlap the work queued before them."""
+    b = {k: torch.from_numpy(v) for k, v in batch.items()}
+    if device.type == "cuda":
+        for key in ("x", "label"):
+            b[key] = b[key].pin_memory()
+    return b
+
+
 def _x(batch: dict, info, device) -> torch.Tensor:
     x = batch["x"].to(device, non_blocking=True)
     return x.reshape(len(x), *info.input_shape)
 
 
 def _batch_loss(module, info, batch, device) -> torch.Tensor:
-    """Per-jet training loss of one batch."""
+    """Per-jet training loss of one batch (``module``: the model, or its data-parallel wrapper)."""
     x = _x(batch, info, device)
     if info.kind == "tagger":
-        return module.loss(module(x), batch["label"].to(device))
+        return module.loss(module(x), batch["label"].to(device, non_blocking=True))
     return module.loss(x, module(x))
 
 
@@ -180,7 +183,7 @@ def _mean_loss(module, info, stream: JetStream, device, comm: Comm, epoch: int) 
     total, n = 0.0, 0
     with torch.no_grad():
         for batch in stream.iter_numpy(epoch=epoch):
-            b = {k: torch.from_numpy(v) for k, v in batch.items()}
+            b = _tensors(batch, device)
             loss = _batch_loss(module, info, b, device)
             total += float(loss.sum())
             n += len(loss)
@@ -251,18 +254,19 @@ def train(
 
     Data parallel: ``comm`` (default ``make_comm(backend)``: ``"auto"``, ``"horovod"``,
     ``"ddp"``) gives rank and size; each rank reads ``batch_size / size`` jets of every global
-    batch (``data.virtual_ranks``), takes the mean loss over them, and the optimizer averages
-    the gradients, so N workers take the steps of one worker on the global batch with the same
-    learning rate. With the run's ``lr_scaling`` ``"linear"`` (or ``"sqrt"``), ``batch_size`` is
+    batch (``data.virtual_ranks``), takes the mean loss over them, and the gradients are
+    averaged (ddp: ``DistributedDataParallel`` in the backward pass; horovod: its
+    ``DistributedOptimizer``), so N workers take the steps of one worker on the global batch
+    with the same learning rate. With the run's ``lr_scaling`` ``"linear"`` (or ``"sqrt"``), ``batch_size`` is
     per worker instead, the global batch is N times larger and the learning rate N (sqrt N)
     times larger, reached by a linear warm-up over ``warmup_epochs`` (Goyal et al. 2017,
     :mod:`jetscan.core.models.schedule`); both optimizers of the adversarial AE are scaled."""
     blobs.use_storage_options(study.store, study.storage_options)  # s3:// etc.: this worker's process too
-    comm = comm or make_comm(backend)
+    comm = comm or make_comm(backend, cuda=wants_cuda(study.train.device))
     if study.train.threads:
         torch.set_num_threads(study.train.threads)
     p = prepare(study, run, comm)
-    device = pick_device(study.train.device)
+    device = comm.use_device(study.train.device)  # this worker's own GPU (jetscan.cluster.devices)
     module, info, cfg = p.module.to(device), p.info, p.cfg
 
     ckpt = None if restart else _load_checkpoint(study, run)
@@ -282,8 +286,8 @@ def train(
             n += len(batch["x"])
             if n >= cfg.max_fit_jets:
                 break
-        x = torch.from_numpy(np.concatenate(xs)[: cfg.max_fit_jets]).reshape(-1, *info.input_shape)
-        module.fit(x.to(device))
+        x = torch.from_numpy(np.concatenate(xs)[: cfg.max_fit_jets]).reshape(-1, *info.input_shape).to(device)
+        module.fit(x)
         val = _mean_loss(module, info, p.val_stream, device, comm, 0)
         history = {"epoch": [0], "train_loss": [float(module.loss(x, module(x)).mean())], "val_loss": [val]}
         summary = _finish(study, p, module, history, best_epoch=0, seconds=time.perf_counter() - t0, comm=comm)
@@ -329,6 +333,11 @@ def train(
         if adversary is not None:
             comm.broadcast_state(adversary, opt_adv)
 
+    # the training forward passes go through the comm's wrapper (ddp: DistributedDataParallel,
+    # made after the weights are final on every rank); the loss, validation and checkpoints
+    # use the models themselves
+    net = comm.wrap_module(module)
+    adv_net = comm.wrap_module(adversary) if adversary is not None else None
     # bfloat16 autocast suits images; four-vector arithmetic (LoLa's masses) stays in float32
     use_amp = device.type == "cuda" and study.train.amp and not p.representation.startswith("lola")
     stale = 0 if best is None else (history["epoch"][-1] - best["epoch"] if history["epoch"] else 0)
@@ -341,15 +350,15 @@ def train(
         for step, batch in enumerate(p.train_stream.iter_numpy(epoch=epoch)):
             if warming:  # per step: lr rises linearly to the scaled rate (Goyal et al. sec. 2.2)
                 _warm_up(optimizers, factor, epoch + step / steps, cfg.warmup_epochs)
-            b = {k: torch.from_numpy(v) for k, v in batch.items()}
+            b = _tensors(batch, device)
             if adversary is not None:
                 labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
-                losses = adversarial_step(module, adversary, optimizer, opt_adv, _x(b, info, device), labels)
+                losses = adversarial_step(net, adv_net, optimizer, opt_adv, _x(b, info, device), labels)
                 total += losses.auto * len(batch["x"])
             else:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = _batch_loss(module, info, b, device).mean()
+                    loss = _batch_loss(net, info, b, device).mean()
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(batch["x"])
