@@ -107,6 +107,7 @@ class Site(_Frozen):
     train_tasks: int = Field(1, ge=1, le=4096)  #: data-parallel workers (srun tasks) per training run
     train_backend: Literal["horovod", "ddp"] = "ddp"
     array_parallel: int | None = Field(None, ge=1)  #: the %k of --array=0-N%k (default: no limit)
+    search_workers: int = Field(2, ge=1, le=10_000)  #: array tasks of `--stage search` (each a search-worker)
     signal: SignalConfig = Field(default_factory=SignalConfig)
     extra_sbatch: list[str] = Field(default_factory=list)  #: more `#SBATCH` options, e.g. "--mail-type=FAIL"
 

@@ -252,13 +252,15 @@ def submit_cmd(
     stage: str = typer.Option("all", "--stage", help="generate|preprocess|train|search|scan|evaluate|all"),
     site: Optional[Path] = typer.Option(None, "--site", help="Slurm site file (see slurm/site.example.yaml)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the scripts and sbatch lines, submit nothing"),
+    search: Optional[str] = typer.Option(None, "--search", help="--stage search: the search's NAME"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="--stage search: its Optuna storage (journal path or URL)"),
 ) -> None:
     """Submit the study (or one stage) as Slurm batch jobs, chained with afterok."""
     from jetscan.cluster.slurm_site import load_site
     from jetscan.jobs.submit import submit
 
     study = _study(study_path)
-    jobs = submit(study, study_path, load_site(site), stage, dry_run=dry_run)
+    jobs = submit(study, study_path, load_site(site), stage, dry_run=dry_run, search=search, storage=storage)
     for job in jobs:
         if dry_run:
             print(f"# ---- {job.path}\n{job.text}")

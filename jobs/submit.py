@@ -5,8 +5,11 @@ The whole story of the stage:
 1. :func:`plan_jobs` turns the study and a site file (:mod:`jetscan.cluster.slurm_site`) into
    batch scripts, filled from the templates in ``slurm/``: ``ray.sbatch`` for generate and
    preprocess (a Ray cluster inside one allocation), ``train.sbatch`` (an array with one
-   training run per index, each data parallel over its srun tasks), ``evaluate.sbatch``;
-   ``--stage all`` chains them with ``--dependency=afterok``. Every script asks for a warning
+   training run per index, each data parallel over its srun tasks), ``single.sbatch`` for
+   evaluate; ``--stage all`` chains them with ``--dependency=afterok``. ``--stage search
+   --search NAME`` is ``search.sbatch`` (an array of ``jetscan search-worker`` s on the
+   search, which the submitter creates once in its Optuna storage) and then the search driver
+   (``jetscan search``, ``afterany``: it finishes what dead workers left and writes the report). Every script asks for a warning
    signal before its time limit (``--signal=B:USR2@300``), traps it, lets its stage stop at a
    safe point and requeues itself (``--requeue``, logs appended with ``--open-mode=append``):
    generation and preprocessing resume from the catalog, training from its last checkpoint.
@@ -49,6 +52,7 @@ class BatchJob:
     name: str
     text: str
     after: list[str] = field(default_factory=list)
+    after_kind: str = "afterok"  #: afterok, or afterany for a job that follows workers that may fail
     path: Path | None = None
     job_id: str | None = None
 
@@ -58,7 +62,7 @@ class BatchJob:
         cmd = ["sbatch", "--parsable"]
         if self.after:
             deps = [ids[s] if ids else f"${{JOB_{s}}}" for s in self.after]
-            cmd.append("--dependency=afterok:" + ":".join(deps))
+            cmd.append(f"--dependency={self.after_kind}:" + ":".join(deps))
         return cmd + [str(self.path)]
 
 
@@ -125,10 +129,40 @@ def _train_job(study: Study, study_path: Path, site: Site, runs: list[str], logs
     return BatchJob(stage, values["job_name"], text)
 
 
-def _evaluate_job(study: Study, study_path: Path, site: Site, logs: Path) -> BatchJob:
-    values = _common(study, study_path, site, "evaluate", logs)
-    values.update(cpus_per_task=str(site.cpus_per_task), site_directives=_directives(site))
-    return BatchJob("evaluate", values["job_name"], slurm_site.fill(_template("evaluate.sbatch"), values))
+def _single_job(study: Study, study_path: Path, site: Site, logs: Path, stage: str, command: str, arguments: str = "") -> BatchJob:
+    values = _common(study, study_path, site, stage, logs)
+    values.update(cpus_per_task=str(site.cpus_per_task), site_directives=_directives(site), command=command, arguments=arguments)
+    return BatchJob(stage, values["job_name"], slurm_site.fill(_template("single.sbatch"), values))
+
+
+def _search_jobs(study: Study, study_path: Path, site: Site, logs: Path, name: str, storage: str) -> list[BatchJob]:
+    values = _common(study, study_path, site, "search", logs)
+    values.update(
+        last_index=str(site.search_workers - 1),
+        array_limit=f"%{site.array_parallel}" if site.array_parallel else "",
+        cpus_per_task=str(site.cpus_per_task),
+        search=shlex.quote(name),
+        storage=shlex.quote(storage),
+        site_directives=_directives(site),
+    )
+    workers = BatchJob("search", values["job_name"], slurm_site.fill(_template("search.sbatch"), values))
+    driver = _single_job(study, study_path, site, logs, "search-driver", "search",
+                         f"{shlex.quote(name)} --storage {shlex.quote(storage)}")
+    driver.after, driver.after_kind = ["search"], "afterany"
+    return [workers, driver]
+
+
+def search_storage(study: Study, name: str | None, storage: str | None) -> tuple[str, str]:
+    """The search's name (checked against the study's ``search:`` section) and its storage URL."""
+    from jetscan.jobs.search import default_storage, search_config
+
+    if not name:
+        raise ConfigError(
+            f"--stage search: name the search with --search NAME (study {study.name!r} has: "
+            f"{', '.join(study.search) or 'none'})"
+        )
+    search_config(study, name)
+    return name, storage or default_storage(study, name)
 
 
 def _template(name: str) -> str:
@@ -138,20 +172,26 @@ def _template(name: str) -> str:
     return path.read_text()
 
 
-def plan_jobs(study: Study, study_path: str | Path, site: Site, stage: str = "all") -> list[BatchJob]:
+def plan_jobs(
+    study: Study, study_path: str | Path, site: Site, stage: str = "all", *, search: str | None = None, storage: str | None = None
+) -> list[BatchJob]:
     """The batch jobs for ``stage`` (``all``: generate -> preprocess -> train -> evaluate,
-    chained with afterok), in submission order; each job's ``after`` names its dependencies."""
+    chained with afterok; ``search``: the worker array of search ``search`` and its driver),
+    in submission order; each job's ``after`` names its dependencies."""
     if stage not in STAGES:
         raise ConfigError(f"--stage {stage!r}: stages are {', '.join(STAGES)}")
     if stage == "scan":
-        raise ConfigError("--stage scan: the scan feature is not built yet (issue 11); submit the other stages")
-    if stage == "search":
         raise ConfigError(
-            "--stage search: the search workers are not built yet (issue 10); `--stage train` runs the "
-            "study's training runs as a job array"
+            "--stage scan: a scan starts its own Slurm worker jobs (dask-jobqueue): run "
+            "`jetscan scan STUDY.yaml NAME --cluster slurm` on the login node (`--dry-run` shows the worker script)"
         )
     study_path = Path(study_path)
     logs = log_dir(study, study_path, site)
+    if stage == "search":
+        jobs = _search_jobs(study, study_path, site, logs, *search_storage(study, search, storage))
+        for job in jobs:
+            job.path = logs / f"{study.name}-{job.stage}.sbatch"
+        return jobs
     runs = list(study.train.runs)
     if stage == "train" and not runs:
         raise ConfigError(f"--stage train: study {study.name!r} has no train.runs")
@@ -163,7 +203,7 @@ def plan_jobs(study: Study, study_path: str | Path, site: Site, stage: str = "al
     if stage in ("train", "all") and runs:
         jobs.append(_train_job(study, study_path, site, runs, logs))
     if stage in ("evaluate", "all") and (runs or stage == "evaluate"):
-        jobs.append(_evaluate_job(study, study_path, site, logs))
+        jobs.append(_single_job(study, study_path, site, logs, "evaluate", "evaluate"))
     if stage == "all":
         for before, job in zip(jobs, jobs[1:]):
             job.after = [before.stage]
@@ -177,14 +217,23 @@ def _jobs_file(study: Study, logs: Path) -> Path:
 
 
 def submit(
-    study: Study, study_path: str | Path, site: Site, stage: str = "all", *, dry_run: bool = False, env: dict | None = None
+    study: Study, study_path: str | Path, site: Site, stage: str = "all", *, dry_run: bool = False, env: dict | None = None,
+    search: str | None = None, storage: str | None = None,
 ) -> list[BatchJob]:
     """Write and submit the batch jobs of ``stage`` (``dry_run``: only plan them); returns the
-    jobs with their ``job_id`` (None in a dry run)."""
-    jobs = plan_jobs(study, study_path, site, stage)
+    jobs with their ``job_id`` (None in a dry run). ``--stage search`` creates the search in
+    its Optuna storage first (once: concurrent creation corrupts storages, optuna #4621)."""
+    jobs = plan_jobs(study, study_path, site, stage, search=search, storage=storage)
     if dry_run:
         return jobs
     slurm_site.check_partition(site, env=env)
+    if stage == "search":
+        from jetscan.jobs.search import create_search, open_storage, search_config
+
+        name, url = search_storage(study, search, storage)
+        if "://" not in url:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+        create_search(study, name, open_storage(url, search_config(study, name)))
     logs = jobs[0].path.parent
     logs.mkdir(parents=True, exist_ok=True)
     ids: dict[str, str] = {}

@@ -34,6 +34,7 @@ from jetscan.jobs import submit as submit_mod
 REPO = Path(submit_mod.__file__).resolve().parent.parent
 SITE_EXAMPLE = REPO / "slurm" / "site.example.yaml"
 SITE_LOCAL = REPO / "slurm" / "site.local.yaml"
+WIDE = {**os.environ, "COLUMNS": "500"}  # rich wraps error lines at the terminal width
 TINY_RUNS = {
     "pca": {"model": "pca", "samples": ["qcd"], "hyper": {"bottleneck": 4}},
     "dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 1e-3},
@@ -147,14 +148,39 @@ def test_dry_run_on_the_command_line_and_stage_errors(make_study, tmp_path):
     assert "#SBATCH --array=0-1\n" in r.stdout and "#SBATCH --partition=debug" in r.stdout
     assert f"# sbatch --parsable {tmp_path / 'slurm-logs' / 'tiny-train.sbatch'}" in r.stdout
     assert "--gpus-per-task" not in r.stdout  # no GPUs on this site
-    for stage, why in (("scan", "scan feature is not built yet"), ("search", "search workers are not built yet"),
+    for stage, why in (("scan", "a scan starts its own Slurm worker jobs (dask-jobqueue): run `jetscan scan STUDY.yaml NAME --cluster slurm`"), ("search", "name the search with --search NAME (study 'tiny' has: none)"),
                        ("everything", "stages are generate, preprocess")):
-        r = subprocess.run([*cli, "--stage", stage, "--dry-run"], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([*cli, "--stage", stage, "--dry-run"], capture_output=True, text=True, timeout=120, env=WIDE)
         assert r.returncode == 2 and why in r.stderr, r.stderr
     bad = tmp_path / "bad-site.yaml"
     bad.write_text("time: {generate: '90 minutes'}\n")
-    r = subprocess.run([*cli[:-1], str(bad), "--dry-run"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*cli[:-1], str(bad), "--dry-run"], capture_output=True, text=True, timeout=120, env=WIDE)
     assert r.returncode == 2 and "time: generate: '90 minutes' is not a Slurm time limit" in r.stderr, r.stderr
+
+
+def test_dry_run_search_workers_as_an_array_then_the_driver(tmp_path):
+    from jetscan.core.study import Study
+
+    path = REPO / "studies" / "search-bottleneck.yaml"
+    study = Study.from_yaml(path)
+    site = load_site(SITE_EXAMPLE)
+    jobs = submit_mod.submit(study, path, site, "search", dry_run=True, search="bottleneck")
+    assert [j.stage for j in jobs] == ["search", "search-driver"]
+    workers, driver = jobs
+    assert {"--array=0-1%8", "--ntasks=1", "--cpus-per-task=8", "--requeue", "--signal=B:USR2@300",
+            "--job-name=jetscan-search-search"} <= set(_sbatch_options(workers.text))
+    journal = str(Path(study.store) / "_search" / "bottleneck.journal")
+    assert f'search-worker "$STUDY" bottleneck --storage {journal}' in workers.text
+    assert '--worker-index "$SLURM_ARRAY_TASK_ID"' in workers.text
+    assert f'-m jetscan.jobs.cli search "$STUDY" bottleneck --storage {journal} &' in driver.text
+    assert driver.sbatch_command({"search": "7"})[2] == "--dependency=afterany:7"
+    for job in jobs:
+        assert not re.search(r"\{\{\w+\}\}", job.text)
+        assert subprocess.run(["bash", "-n"], input=job.text, capture_output=True, text=True).returncode == 0
+    with pytest.raises(ConfigError, match="name the search with --search NAME .*has: bottleneck, lambda"):
+        submit_mod.plan_jobs(study, path, site, "search")
+    with pytest.raises(ConfigError, match="nope"):
+        submit_mod.plan_jobs(study, path, site, "search", search="nope")
 
 
 def test_the_scripts_node_list_and_ports_in_bash(make_study, tmp_path):
@@ -345,3 +371,106 @@ def test_submit_all_ends_with_the_store_of_jetscan_run(slurm_cluster, reference,
     assert st.returncode == 0, st.stderr
     assert st.stdout.count("COMPLETED") == 5, st.stdout  # generate, preprocess, 2 array tasks, evaluate
     assert re.search(r"qcd\s+│\s+2/2", st.stdout) and re.search(r"dense\s+│\s+2/2\s+│\s+yes", st.stdout), st.stdout
+
+
+def _copy_store(ref_store: str, folder: Path, **data):
+    """A study like the reference with its generated and preprocessed jets (no runs, no results)."""
+    study, path = _write_study(folder, **data)
+    shutil.rmtree(study.store, ignore_errors=True)
+    shutil.copytree(ref_store, study.store, ignore=shutil.ignore_patterns("_runs", "_results", "results"))
+    return study, path
+
+
+def _checkpoint(study, run: str) -> dict | None:
+    from jetscan.jobs.submit import _store_status
+
+    return _store_status(study)["runs"].get(run)
+
+
+LONG = {"long": {"model": "dense_ae", "samples": ["qcd"], "epochs": 40, "patience": 1000, "batch_size": 16,
+                 "optimizer": "adam", "lr": 1e-3}}
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.pythia
+@pytest.mark.ray
+def test_a_preempted_training_job_requeues_and_reaches_the_uninterrupted_weights(slurm_cluster, reference, tmp_path):
+    import torch
+
+    from jetscan.cluster.distributed import SingleProcess
+    from jetscan.core.study import Study
+    from jetscan.jobs.train import load_trained, train
+
+    ref = reference.wait()
+    studies = {}
+    for name in ("one", "slurm"):  # virtual ranks 2: 2 srun workers take the steps of 1 process
+        s, path = _copy_store(ref.store, tmp_path / name, virtual_ranks=2)
+        s = Study.from_dict({**s.model_dump(mode="json"), "train": {"runs": LONG, "threads": 1, "device": "cpu"}})
+        path.write_text(s.to_yaml())
+        studies[name] = (s, path)
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE_LOCAL.read_text().replace("train_tasks: 1\n", "train_tasks: 2\n"))
+    (job,) = _submit(slurm_cluster, studies["slurm"][1], "--stage", "train", site=site)
+
+    # the run in this process, uninterrupted, while the job starts
+    train(studies["one"][0], "long", comm=SingleProcess())
+
+    # preempt once a few epochs are checkpointed: USR2 to the batch shell, as --signal=B:USR2 would
+    deadline = time.monotonic() + 300
+    while True:
+        ck = _checkpoint(studies["slurm"][0], "long")
+        if ck and ck["epochs_done"] >= 2:
+            break
+        assert time.monotonic() < deadline, f"no checkpoint: {_tasks(slurm_cluster, job)}"
+        time.sleep(0.2)
+    assert not ck["finished"], "the job ended before it could be preempted: make the run longer"
+    r = slurm_cluster.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"])
+    assert r.returncode == 0, r.stderr
+    states = _wait_all(slurm_cluster, [job], tmp_path / "slurm" / "slurm-logs")
+    assert states[job][0]["restarts"] == 1, states
+
+    log = next((tmp_path / "slurm" / "slurm-logs").glob("jetscan-tiny-train-*.out")).read_text()
+    stopped = re.search(r"long: stopped on request after epoch (\d+)", log)
+    assert stopped and "restart 0" in log and "restart 1" in log and "requeueing job" in log, log
+    assert 1 <= int(stopped.group(1)) < 39, log  # stopped mid-run, at an epoch's checkpoint
+    m1, _, c1 = load_trained(studies["one"][0], "long")
+    m2, _, c2 = load_trained(studies["slurm"][0], "long")
+    assert c2["summary"]["world_size"] == 2 and c2["summary"]["epochs_run"] == c1["summary"]["epochs_run"] == 40
+    torch.testing.assert_close(m2.state_dict(), m1.state_dict(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(c2["history"]["val_loss"], c1["history"]["val_loss"], rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.pythia
+@pytest.mark.ray
+def test_a_generation_job_stopped_mid_shard_requeues_and_makes_the_same_arrays(slurm_cluster, reference, tmp_path):
+    from jetscan.storage import catalog
+
+    study, path = _write_study(tmp_path / "gen")
+    (job,) = _submit(slurm_cluster, path, "--stage", "generate")
+    deadline = time.monotonic() + 400
+    done = set()
+    while len(done) < 1:
+        assert time.monotonic() < deadline, f"no shard committed: {_tasks(slurm_cluster, job)}"
+        time.sleep(0.2)
+        try:
+            done = {(r["sample"], r["shard"]) for r in catalog.read_catalog(study.store).to_pylist()}
+        except Exception:  # noqa: BLE001 - no store yet
+            done = set()
+    assert len(done) < 3, "every shard was made before the signal: make the study bigger"
+    before = {(r["sample"], r["shard"]): r["created_utc"] for r in catalog.read_catalog(study.store).to_pylist()}
+    r = slurm_cluster.run(["scancel", "--signal=USR2", "--batch", job])
+    assert r.returncode == 0, r.stderr
+    logs = tmp_path / "gen" / "slurm-logs"
+    states = _wait_all(slurm_cluster, [job], logs)
+    assert states[job][0]["restarts"] == 1, states
+    log = next(logs.glob("jetscan-tiny-generate-*.out")).read_text()
+    assert "restart 0" in log and "restart 1" in log and "stopping and requeueing" in log, log
+
+    after = {(r["sample"], r["shard"]): r["created_utc"] for r in catalog.read_catalog(study.store).to_pylist()}
+    assert len(after) == 3 and all(after[k] == v for k, v in before.items())  # only the missing shards were made
+    ref = reference.wait()
+    _same_catalog(catalog.read_catalog(study.store), catalog.read_catalog(ref.store))
+    _same_arrays(study.store, ref.store, ["qcd/jets", "qcd/constituents", "qcd/truth", "top/jets", "top/constituents"])
