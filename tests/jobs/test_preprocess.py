@@ -27,12 +27,20 @@ def inputs(study, sample, name):
 
 def test_one_row_per_shard_and_representation(preprocessed):
     study, rows = preprocessed
-    n_shards = {"qcd": 3, "top": 2, "gluino": 1}
-    # rows made by this call (another module may have preprocessed the shared store first)
-    assert all(r["n_jets"] == r["stop"] - r["start"] for r in rows)
+    n_shards = {"qcd": 3, "top": 2, "gluino": 1}  # 100 jets per shard
+    committed = set()
     for sample, n in n_shards.items():
+        shards = [(i, 100 * i, 100 * (i + 1), 100) for i in range(n)]
+        jets = catalog.read_catalog(study.store, sample).to_pylist()
+        assert [(r["shard"], r["start"], r["stop"], r["n_jets"]) for r in jets] == shards
         for name in study.preprocess.representations:
-            assert catalog.committed_shards(study.store, sample, table=f"inputs/{name}") == set(range(n))
+            table = catalog.read_catalog(study.store, sample, table=f"inputs/{name}").to_pylist()
+            # one row per jet shard, over the same jets (whichever module of a full run preprocessed the store)
+            assert [(r["shard"], r["start"], r["stop"], r["n_jets"]) for r in table] == shards
+            assert {r["representation"] for r in table} == {name}
+            committed |= {(r["sample"], r["representation"], r["shard"], r["start"], r["stop"], r["n_jets"]) for r in table}
+    # the rows this call made, if another module did not preprocess the shared store first
+    assert {(r["sample"], r["representation"], r["shard"], r["start"], r["stop"], r["n_jets"]) for r in rows} <= committed
     # a re-run finds nothing to do
     assert preprocess(study, use_ray=False) == ([], {})
 

@@ -62,19 +62,46 @@ def test_the_cnn_tagger_separates_top_from_qcd(study):
     assert ckpt["history"]["train_loss"][-1] < ckpt["history"]["train_loss"][0]
 
 
+def _test_split_mse(study, module, sample: str) -> tuple[np.ndarray, np.ndarray]:
+    """(jet masses, per-jet reconstruction loss) of the test split's stored heimel40 images,
+    the loss recomputed here as Farina et al.'s mean squared pixel error."""
+    from jetscan.storage import layout
+    from jetscan.storage.loader import split_assignment
+    from jetscan.storage.reader import read_jets
+
+    images = layout.open_sample(layout.open_root(study.store), sample)["inputs/heimel40"][:]
+    mass = read_jets(study.store, sample, ["jets/mass"])["jets/mass"]
+    f = study.data.splits
+    test = split_assignment(len(mass), (f.train, f.val, f.test), study.seed, sample) == 2
+    x = torch.from_numpy(images[test]).reshape(-1, 40, 40)
+    with torch.no_grad():
+        recon = module(x).reshape(x.shape)
+    return mass[test], ((x - recon) ** 2).mean(dim=(1, 2)).double().numpy()
+
+
+def _assert_scores_are_the_losses(arrays: dict, mass: np.ndarray, mse: np.ndarray) -> None:
+    """The scores of ``score_sample`` are the recomputed losses of the same jets (paired by mass)."""
+    assert len(np.unique(mass)) == len(mass) == len(arrays["score"]) == 75
+    got, want = np.argsort(arrays["mass"]), np.argsort(mass)
+    np.testing.assert_array_equal(arrays["mass"][got], mass[want])  # the same test jets
+    np.testing.assert_allclose(arrays["score"][got], mse[want], rtol=1e-5, atol=1e-12)
+
+
 def test_autoencoder_loss_falls_and_scores_are_per_jet_losses(study):
     summary = train(study, "dense", restart=True)
-    _, _, ckpt = load_trained(study, "dense")
+    module, info, ckpt = load_trained(study, "dense")
     losses = ckpt["history"]["train_loss"]
     assert losses[-1] < losses[0]
     assert summary["best_val_loss"] == pytest.approx(min(ckpt["history"]["val_loss"]))
+    arrays, _ = score_sample(study, module, info, "heimel40", "qcd")
+    _assert_scores_are_the_losses(arrays, *_test_split_mse(study, module, "qcd"))
 
 
 def test_pca_is_fitted_and_reconstructs_by_projection(study):
     train(study, "pca", restart=True)
     module, info, _ = load_trained(study, "pca")
     arrays, _ = score_sample(study, module, info, "heimel40", "qcd")
-    assert (arrays["score"] >= 0).all() and len(arrays["score"]) == 75
+    _assert_scores_are_the_losses(arrays, *_test_split_mse(study, module, "qcd"))
     x = torch.rand(5, 40, 40)
     recon = module(x)
     flat = x.reshape(5, -1) - module.mean
