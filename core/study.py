@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jetscan.core.errors import ConfigError
 from jetscan.core.processes import PROCESSES
+from jetscan.core.scan_space import ScanConfig, check_scan
 from jetscan.core.search_space import SearchConfig, check_search
 
 __all__ = [
@@ -374,6 +375,7 @@ class Study(_Frozen):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     search: dict[str, SearchConfig] = Field(default_factory=dict, description="jetscan search STUDY NAME")
+    scan: dict[str, ScanConfig] = Field(default_factory=dict, description="jetscan scan STUDY NAME")
 
     @field_validator("samples")
     @classmethod
@@ -436,6 +438,14 @@ class Study(_Frozen):
             if not re.match(_NAME_RE, name):
                 raise ValueError(f"search name {name!r} must start with a letter (letters, digits, '_', '-')")
             check_search(name, search, self.train.runs, self.samples)
+        return self
+
+    @model_validator(mode="after")
+    def _scans(self) -> Study:
+        for name, scan in self.scan.items():
+            if not re.match(_NAME_RE, name):
+                raise ValueError(f"scan name {name!r} must start with a letter (letters, digits, '_', '-')")
+            check_scan(name, scan, self.train.runs, self.samples, self.data.splits)
         return self
 
     def run(self, name: str) -> RunConfig:

@@ -9,6 +9,7 @@
     jetscan submit STUDY.yaml      [--stage STAGE] [--site FILE] [--dry-run]   Slurm batch jobs
     jetscan status STUDY.yaml      [--site FILE]  what Slurm and the store say
     jetscan search STUDY.yaml NAME [--trials N] [--workers N] [--address HOST:PORT] [--storage URL]
+    jetscan scan STUDY.yaml NAME   [--workers N] [--scheduler ADDR] [--cluster slurm [--dry-run]]
     jetscan serve STORE...         [--host H] [--port N] [--token-file F] [--no-auth]: read-only HTTP service
     jetscan query URL|STORE QUERY  [--columns ...] [--format table|csv|parquet]
 """
@@ -409,6 +410,15 @@ def _register_search() -> None:
 
 
 _register_search()
+
+
+def _register_scan() -> None:
+    from jetscan.jobs.scan import add_commands
+
+    add_commands(app)  # jetscan scan STUDY NAME [--workers N] [--scheduler ADDR] [--cluster slurm --dry-run]
+
+
+_register_scan()
 
 
 def _register_store_and_cloud() -> None:

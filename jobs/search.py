@@ -255,17 +255,9 @@ def _param_column(path: str) -> str:
 
 def _rows_with_results(store: str, run: str, run_hash: str) -> list[dict] | None:
     """The committed result rows of ``run`` if they were made with these settings."""
-    import pyarrow.parquet as pq
+    from jetscan.storage.results import rows_with_results
 
-    from jetscan.storage import blobs, results
-
-    rel = f"{results.RESULTS_DIR}/{run}.parquet"
-    if not blobs.exists(store, rel):
-        return None
-    rows = pq.read_table(io.BytesIO(blobs.read_blob(store, rel))).to_pylist()
-    if not rows or rows[0].get("run_settings_hash") != run_hash:
-        return None
-    return rows
+    return rows_with_results(store, run, run_hash)
 
 
 def _objective_values(cfg: SearchConfig, rows: list[dict], best_val_loss: float) -> list[float]:

@@ -87,6 +87,7 @@ __all__ = [
     "read_results",
     "read_run",
     "list_runs",
+    "rows_with_results",
 ]
 
 RESULTS_GROUP = "results"
@@ -539,6 +540,19 @@ def list_runs(store: str) -> list[str]:
     fs, base = _require_store(store)
     files = sorted(fs.glob(f"{base}/{RESULTS_DIR}/*.parquet"))
     return sorted(p.rsplit("/", 1)[-1][: -len(".parquet")] for p in files)
+
+
+def rows_with_results(store: str, run: str, run_hash: str) -> list[dict] | None:
+    """The committed result rows of ``run`` if they were made with these settings (their
+    ``run_settings_hash`` column is ``run_hash``); else None. Searches and scans reuse such
+    runs instead of training and evaluating them again."""
+    rel = f"{RESULTS_DIR}/{run}.parquet"
+    if not blobs.exists(store, rel):
+        return None
+    rows = pq.read_table(io.BytesIO(blobs.read_blob(store, rel))).to_pylist()
+    if not rows or rows[0].get("run_settings_hash") != run_hash:
+        return None
+    return rows
 
 
 def read_results(store: str) -> pa.Table:

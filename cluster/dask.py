@@ -1,0 +1,167 @@
+"""Dask runner: a client (local cluster, existing scheduler, or Slurm jobs) and a task graph.
+
+The runner is handed the callables to run (it never imports a job). :func:`open_client`
+makes the client:
+
+- default: ``distributed.LocalCluster`` of ``workers`` processes, one thread each (torch and
+  Pythia hold the GIL in places), bound to 127.0.0.1, no dashboard;
+- ``scheduler="tcp://host:port"``: an existing scheduler (``dask scheduler`` + ``dask worker``s);
+- ``cluster="slurm"``: dask-jobqueue's ``SLURMCluster``, one Slurm job per worker
+  (:func:`slurm_job_script` is what ``--dry-run`` prints).
+
+Versions: dask-jobqueue 0.9.0 (2024) with dask/distributed 2026.8 import and build job
+scripts and clusters unchanged (tested in tests/jobs/test_scan.py); pyproject pins the set.
+
+:func:`run_graph` submits :class:`Task`s whose ``deps`` name other tasks (a cell waits for its
+variant sample), waits for all, and returns one outcome per task: a task that raises is
+reported with its error and traceback, its dependents as skipped, and every other task
+still runs. A worker that dies mid-task is replaced (LocalCluster's nanny) and its task
+re-run by the scheduler (``distributed.scheduler.allowed-failures``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from jetscan.core.errors import ConfigError, RunnerError
+
+__all__ = ["Task", "open_client", "slurm_cluster_kwargs", "slurm_job_script", "run_graph"]
+
+
+@dataclass
+class Task:
+    key: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+
+
+def slurm_cluster_kwargs(
+    *, cores: int = 1, memory: str = "4GB", walltime: str = "02:00:00", queue: str | None = None,
+    python: str | None = None, job_extra: list[str] | None = None, host: str | None = None,
+) -> dict:
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster``: one process of ``cores`` threads per job."""
+    kw: dict[str, Any] = dict(
+        cores=cores, processes=1, memory=memory, walltime=walltime, job_name="jetscan-scan",
+        scheduler_options={"dashboard_address": None, **({"host": host} if host else {})},
+        job_extra_directives=list(job_extra or []),
+    )
+    if queue:
+        kw["queue"] = queue
+    if python:
+        kw["python"] = python
+    return kw
+
+
+def slurm_job_script(**kwargs) -> str:
+    """The sbatch script one Dask worker job runs (no job is submitted)."""
+    from dask_jobqueue import SLURMCluster
+
+    cluster = SLURMCluster(**slurm_cluster_kwargs(**kwargs))
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def open_client(
+    *, workers: int = 1, scheduler: str | None = None, cluster: str | None = None,
+    slurm: dict | None = None, timeout_s: float = 120.0,
+) -> Iterator[Any]:
+    """A ``distributed.Client``; the cluster it made (if any) is closed on exit."""
+    from distributed import Client, LocalCluster
+
+    if workers < 1:
+        raise ConfigError(f"--workers: must be at least 1 (got {workers})")
+    if scheduler is not None and cluster is not None:
+        raise ConfigError("--scheduler and --cluster are exclusive: connect to a running scheduler, or start a cluster")
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=timeout_s)
+        except OSError as exc:
+            raise RunnerError(f"--scheduler {scheduler}: cannot connect ({exc}); start 'dask scheduler' there, or drop --scheduler") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if cluster == "slurm":
+        from dask_jobqueue import SLURMCluster
+
+        made = SLURMCluster(**slurm_cluster_kwargs(**(slurm or {})))
+        made.scale(jobs=workers)
+    elif cluster is None:
+        made = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, silence_logs=40,
+        )
+    else:
+        raise ConfigError(f"--cluster: unknown cluster {cluster!r}; clusters: slurm (default: a local cluster)")
+    try:
+        client = Client(made, timeout=timeout_s)
+        try:
+            if cluster == "slurm":
+                client.wait_for_workers(workers, timeout=timeout_s)
+            yield client
+        finally:
+            client.close()
+    finally:
+        made.close()
+
+
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, _deps: list) -> Any:
+    return fn(*args, **kwargs)
+
+
+def run_graph(client, tasks: list[Task], *, on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+    """Submit ``tasks`` (dependencies first or not) and wait for every one.
+
+    Returns ``{key: {"status": "ok", "result": ...} | {"status": "error", "error", "traceback"} |
+    {"status": "skipped", "error": "needs <key>, which failed"}}``."""
+    from distributed import as_completed
+
+    by_key = {t.key: t for t in tasks}
+    for t in tasks:
+        missing = [d for d in t.deps if d not in by_key]
+        if missing:
+            raise RunnerError(f"task {t.key!r} depends on unknown task(s) {missing}")
+    futures: dict[str, Any] = {}
+
+    def submit(key: str, stack: tuple = ()) -> Any:
+        if key in futures:
+            return futures[key]
+        if key in stack:
+            raise RunnerError(f"task graph has a cycle through {key!r}")
+        t = by_key[key]
+        deps = [submit(d, stack + (key,)) for d in t.deps]
+        futures[key] = client.submit(_call, t.fn, t.args, t.kwargs, deps, key=key, pure=False, retries=0)
+        return futures[key]
+
+    for t in tasks:
+        submit(t.key)
+    keys_of = {f.key: k for k, f in futures.items()}
+    out: dict[str, dict] = {}
+    for fut in as_completed(list(futures.values())):
+        key = keys_of[fut.key]
+        if fut.status == "finished":
+            out[key] = {"status": "ok", "result": fut.result()}
+        else:
+            failed = [d for d in by_key[key].deps if futures[d].status != "finished"]
+            if failed:
+                out[key] = {"status": "skipped", "error": f"needs {failed[0]}, which failed"}
+            else:
+                exc = fut.exception()
+                tb = fut.traceback()
+                out[key] = {
+                    "status": "error",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": "".join(traceback.format_tb(tb)) if tb is not None else "",
+                }
+        if on_done is not None:
+            on_done(key, out[key])
+    return out
