@@ -42,7 +42,6 @@ The whole story of the stage:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
