@@ -425,6 +425,9 @@ def _register_store_and_cloud() -> None:
     from jetscan.jobs.verify import add_commands as add_verify
 
     add_verify(app)  # jetscan verify STORE [--repair --study STUDY.yaml]
+    from jetscan.jobs.cloud import add_commands as add_cluster
+
+    add_cluster(app)  # jetscan cluster up|down|status|check|submit|job
 
 
 _register_store_and_cloud()
