@@ -42,9 +42,10 @@ class Task:
 
 def slurm_cluster_kwargs(
     *, cores: int = 1, memory: str = "4GB", walltime: str = "02:00:00", queue: str | None = None,
-    python: str | None = None, job_extra: list[str] | None = None, host: str | None = None,
+    python: str | None = None, job_extra: list[str] | None = None, host: str | None = None, **extra: Any,
 ) -> dict:
-    """Keyword arguments of ``dask_jobqueue.SLURMCluster``: one process of ``cores`` threads per job."""
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster``: one process of ``cores`` threads per job
+    (``extra``: any other SLURMCluster keyword, e.g. ``log_directory``, ``job_directives_skip``)."""
     kw: dict[str, Any] = dict(
         cores=cores, processes=1, memory=memory, walltime=walltime, job_name="jetscan-scan",
         scheduler_options={"dashboard_address": None, **({"host": host} if host else {})},
@@ -54,6 +55,7 @@ def slurm_cluster_kwargs(
         kw["queue"] = queue
     if python:
         kw["python"] = python
+    kw.update({k: v for k, v in extra.items() if v is not None})
     return kw
 
 
