@@ -476,6 +476,11 @@ def write_report(store: str, study_name: str, out_dir) -> Path:
         parts.append("<h2>Searches</h2><ul>" + "".join(
             f'<li><a href="{quote(p.relative_to(out).as_posix())}">{e(p.parent.name.removeprefix("search-"))}</a></li>'
             for p in searches) + "</ul>")
+    scans = sorted(out.glob("scan-*/index.html"))  # written by jetscan scan into the same folder
+    if scans:
+        parts.append("<h2>Scans</h2><ul>" + "".join(
+            f'<li><a href="{quote(p.relative_to(out).as_posix())}">{e(p.parent.name.removeprefix("scan-"))}</a></li>'
+            for p in scans) + "</ul>")
     for run in runs:
         result = res.read_run(store, run)
         pngs = plot_run(result, out / "runs" / _safe(run))
