@@ -65,10 +65,16 @@ def run_settings(study: Study, run: str) -> dict:
     }
 
 
+# how the stream reads, not what it yields (the batches are the same for any value: tests/storage/test_loader.py)
+_READ_KNOBS = {"cache_mb": 1024, "prefetch_chunks": 4}
+
+
 def _data_settings(study: Study) -> dict:
     data = study.data.model_dump(mode="json")
     if data.get("virtual_ranks") == 1:
         del data["virtual_ranks"]  # the default: checkpoints made before the option stay valid
+    data.pop("decode_workers", None)
+    data.update(_READ_KNOBS)  # hashed at their defaults, so checkpoints made before stay valid
     return data
 
 

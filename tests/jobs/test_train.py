@@ -206,3 +206,19 @@ def test_contaminated_training_mixes_the_signal_fraction(study, tmp_path):
     s = Study.from_dict(data)
     summary = train(s, "dense")
     assert summary["train_jets"] == 150 + round(0.1 * 150 / 0.9)
+
+
+def test_read_knobs_leave_the_run_hash_alone(make_study, tmp_path):
+    """cache_mb, prefetch_chunks and decode_workers change how a stream reads, not what it
+    yields: a run's settings hash (which its checkpoint must match) ignores them."""
+    from jetscan.core.study import settings_hash
+    from jetscan.jobs.train import run_settings
+
+    base = with_runs(make_study(tmp_path / "s.zarr"), {"dense": RUNS["dense"]})
+    data = base.model_dump(mode="json")
+    data["data"].update(cache_mb=0, prefetch_chunks=1, decode_workers=2)
+    tuned = Study.from_dict(data)
+    assert tuned.data.cache_mb == 0 and tuned.data.decode_workers == 2
+    assert settings_hash(run_settings(tuned, "dense")) == settings_hash(run_settings(base, "dense"))
+    data["data"]["batch_size"] = 64  # what the run sees still counts
+    assert settings_hash(run_settings(Study.from_dict(data), "dense")) != settings_hash(run_settings(base, "dense"))
