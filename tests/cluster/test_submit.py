@@ -363,7 +363,7 @@ def test_submit_all_ends_with_the_store_of_jetscan_run(slurm_cluster, reference,
     assert a.num_rows == b.num_rows == 2  # (pca, dense) x top
     import pandas as pd
 
-    keep = [c for c in a.column_names if c not in TIME_COLUMNS]
+    keep = [c for c in a.column_names if c not in TIME_COLUMNS and not c.endswith("seconds")]  # wall times differ
     pd.testing.assert_frame_equal(a.select(keep).to_pandas(), b.select(keep).to_pandas(), check_exact=True)
 
     # status: every job completed, every shard committed, every run finished
@@ -387,7 +387,7 @@ def _checkpoint(study, run: str) -> dict | None:
     return _store_status(study)["runs"].get(run)
 
 
-LONG = {"long": {"model": "dense_ae", "samples": ["qcd"], "epochs": 40, "patience": 1000, "batch_size": 16,
+LONG = {"long": {"model": "dense_ae", "samples": ["qcd"], "epochs": 12, "patience": 1000, "batch_size": 16,
                  "optimizer": "adam", "lr": 1e-3}}
 
 
@@ -433,10 +433,10 @@ def test_a_preempted_training_job_requeues_and_reaches_the_uninterrupted_weights
     log = next((tmp_path / "slurm" / "slurm-logs").glob("jetscan-tiny-train-*.out")).read_text()
     stopped = re.search(r"long: stopped on request after epoch (\d+)", log)
     assert stopped and "restart 0" in log and "restart 1" in log and "requeueing job" in log, log
-    assert 1 <= int(stopped.group(1)) < 39, log  # stopped mid-run, at an epoch's checkpoint
+    assert 1 <= int(stopped.group(1)) < 11, log  # stopped mid-run, at an epoch's checkpoint
     m1, _, c1 = load_trained(studies["one"][0], "long")
     m2, _, c2 = load_trained(studies["slurm"][0], "long")
-    assert c2["summary"]["world_size"] == 2 and c2["summary"]["epochs_run"] == c1["summary"]["epochs_run"] == 40
+    assert c2["summary"]["world_size"] == 2 and c2["summary"]["epochs_run"] == c1["summary"]["epochs_run"] == 12
     torch.testing.assert_close(m2.state_dict(), m1.state_dict(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(c2["history"]["val_loss"], c1["history"]["val_loss"], rtol=1e-4)
 
