@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -103,8 +104,9 @@ def _needed_samples(study: Study, cfg: ScanConfig) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def plan_scan(study: Study, name: str) -> dict:
-    """Everything the graph runs, derived and checked before any work (no task started)."""
+def plan_scan(study: Study, name: str, *, threads: int = 1) -> dict:
+    """Everything the graph runs, derived and checked before any work (no task started).
+    ``threads``: torch threads of each training and evaluation (not part of any settings hash)."""
     cfg = scan_config(study, name)
     base = study.model_dump(mode="json")
     variants = {v: Study.from_dict(variant_study_data(base, cfg, v), source=f"scan {name!r} variant {v!r}")
@@ -117,7 +119,8 @@ def plan_scan(study: Study, name: str) -> dict:
                 for repeat in range(cfg.repeats):
                     for tv in cfg.variants:
                         tname = cell_name(name, run, params, fraction, repeat, tv)
-                        data = cell_study_data(base, cfg, run=run, params=params, fraction=fraction, train_variant=tv, name=tname)
+                        data = cell_study_data(base, cfg, run=run, params=params, fraction=fraction, train_variant=tv, name=tname,
+                                               threads=threads)
                         trainings.append({"run": tname, "variant": tv, "study": data, "base_run": run})
                         axes = {"scan": name, "training": tname, "model": run, "fraction": float(fraction), "repeat": repeat,
                                 "train_variant": tv, **{_param_column(k): v for k, v in params.items()}}
@@ -158,8 +161,8 @@ def _train_task(study_data: dict, run: str) -> dict:
 
     from jetscan.jobs.train import train
 
-    torch.set_num_threads(1)
     study = Study.from_dict(study_data, source=f"scan training {run}")
+    torch.set_num_threads(study.train.threads or 1)
     summary = train(study, run)
     return {"run": run, "best_val_loss": float(summary["best_val_loss"])}
 
@@ -183,8 +186,8 @@ def _evaluate_task(train_data: dict, run: str, test_data: dict, cell: str, axes:
     from jetscan.jobs.train import load_trained
     from jetscan.storage import results
 
-    torch.set_num_threads(1)
     tstudy = Study.from_dict(train_data, source=f"scan training {run}")
+    torch.set_num_threads(tstudy.train.threads or 1)
     estudy = Study.from_dict(test_data, source=f"scan cell {cell}")
     module, info, ckpt = load_trained(tstudy, run)
     cfg = tstudy.run(run)
@@ -292,22 +295,21 @@ def score_edges(lo: float, hi: float) -> np.ndarray:
     return np.linspace(lo - pad, hi + pad, N_SCORE_BINS + 1)
 
 
+def _band_of_scores(bkg: np.ndarray, sig: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    edges = score_edges(float(min(bkg.min(), sig.min())), float(max(bkg.max(), sig.max())))
+    return roc_band_numpy(bkg, sig, edges, n_boot, seed)
+
+
 def roc_bands(pairs: list[tuple[Any, Any]], n_boot: int, seed: int = 0, client=None) -> list[np.ndarray]:
     """ROC + bootstrap band of every (background scores, signal scores) pair of dask arrays
-    (or numpy arrays), computed together on Dask: per-pair score range, per-chunk histograms
-    (``dask.array.histogram``) and the band from the summed counts."""
+    (``dask.array.from_zarr`` of the stored per-jet scores, or numpy arrays), computed together on
+    Dask in one pass: each pair's chunks are read by the workers and reduced by one task per pair
+    (score range, histograms, the band), so the cells spread over the workers."""
     import dask
     import dask.array as da
 
-    arrs = [(da.asarray(b), da.asarray(s)) for b, s in pairs]
-    ranges = dask.compute(*[(da.minimum(b.min(), s.min()), da.maximum(b.max(), s.max())) for b, s in arrs],
-                          **({"scheduler": client} if client is not None else {}))
-    tasks = []
-    for i, ((b, s), (lo, hi)) in enumerate(zip(arrs, ranges)):
-        edges = score_edges(float(lo), float(hi))
-        cb, _ = da.histogram(b, bins=edges)
-        cs, _ = da.histogram(s, bins=edges)
-        tasks.append(dask.delayed(_counts_band)(cb, cs, EPS_B_GRID, n_boot, seed + i))
+    tasks = [dask.delayed(_band_of_scores)(da.asarray(b), da.asarray(s), n_boot, seed + i)
+             for i, (b, s) in enumerate(pairs)]
     return list(dask.compute(*tasks, **({"scheduler": client} if client is not None else {})))
 
 
@@ -337,8 +339,8 @@ def aggregate(study: Study, name: str, plan: dict, client=None) -> dict:
     for _, row in table.drop_duplicates(["cell", "signal_variant"]).iterrows():
         base = f"{study.store.rstrip('/')}/results/{row['cell']}/samples"
         try:
-            b = da.from_zarr(f"{base}/{row['background']}/score")
-            s = da.from_zarr(f"{base}/{row['signal_variant']}/score")
+            b = da.from_zarr(f"{base}/{row['background']}/score", chunks=-1)
+            s = da.from_zarr(f"{base}/{row['signal_variant']}/score", chunks=-1)
         except Exception:  # noqa: BLE001 - a cell stored without its scores: no ROC band for it
             continue
         pairs.append((b, s))
@@ -357,14 +359,18 @@ def aggregate(study: Study, name: str, plan: dict, client=None) -> dict:
 
 
 def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = None, cluster: str | None = None,
-         slurm: dict | None = None, report_dir: Path | None = None, echo=None) -> dict:
-    """Run (or resume) the scan; returns {"outcomes", "failed", "table", "bands", "roc", "report"?}."""
+         slurm: dict | None = None, report_dir: Path | None = None, echo=None, threads: int | None = None) -> dict:
+    """Run (or resume) the scan; returns {"outcomes", "failed", "table", "bands", "roc", "report"?}.
+    ``threads``: torch threads per task (default: this machine's cores / ``workers`` on a local
+    cluster, else 1)."""
     from jetscan.cluster.dask import Task, open_client, run_graph
     from jetscan.storage import blobs
 
     echo = echo or (lambda *_: None)
     blobs.use_storage_options(study.store, study.storage_options)
-    plan = plan_scan(study, name)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers) if scheduler is None and cluster is None else 1
+    plan = plan_scan(study, name, threads=threads)
     cfg = plan["config"]
     todo = _prepare_samples(plan)
     tasks: list[Task] = []

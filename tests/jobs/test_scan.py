@@ -36,6 +36,7 @@ SCANS = {
     "crash": {"runs": ["dense"], "params": {"hyper.image_size": [40, 37]}},
     "det": {"runs": ["pca"], "variations": {"res_up": {"detector": {"energy_resolution_scale": 3.0}}}, "matrix": True},
     "kill": {"runs": ["slow"], "repeats": 3},
+    "sched": {"runs": ["pca"], "params": {"hyper.bottleneck": [3, 5]}},
 }
 
 
@@ -155,6 +156,18 @@ def test_a_killed_scan_resumes_without_recomputing_finished_cells(study, tmp_pat
     rows = read_results(study.store).to_pandas().set_index("run")
     assert all(rows.loc[c, "created_utc"] == t for c, t in done_before.items())
     assert set(out["table"]["cell"]) == set(cells)
+
+
+def test_a_scan_runs_on_an_existing_scheduler_by_address(study):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster:
+        out = scan(study, "sched", scheduler=cluster.scheduler_address)
+        assert out["failed"] == {} and sorted(out["table"]["param_hyper_bottleneck"]) == [3, 5]
+        # the cells ran as tasks of that scheduler (its per-prefix task statistics remain)
+        with __import__("distributed").Client(cluster.scheduler_address) as client:
+            prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+        assert any(p.startswith("train") for p in prefixes) and any(p.startswith("cell") for p in prefixes), prefixes
 
 
 def test_slurm_dry_run_prints_the_worker_job_script(study, tmp_path):

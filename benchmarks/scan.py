@@ -1,0 +1,191 @@
+"""Scan throughput and aggregation on Dask (``jetscan scan``).
+
+Two measurements:
+
+- **cells per hour, 1 vs N Dask workers on equal cores**: the same grid (``--cells`` repeats of
+  one dense-autoencoder run, each a distinct training + evaluation) on a LocalCluster of one
+  worker (all cores as torch threads) and of N workers (``cores // N`` threads each), each on
+  a fresh copy of the store. Wall time from the call to its return (cluster start-up, worker
+  imports, training, evaluation, results, aggregation), and the loop time from the first task
+  submitted to the last one done (without start-up and aggregation). Issue target: >= 1.8x for
+  N = 2; use cells long against a worker's start-up (``--epochs``).
+- **aggregation of C cells x J per-jet scores** (ROC + bootstrap band per cell, the scan's
+  ``roc_bands``): background and signal scores of every cell stored as zarr arrays (as the
+  results store holds them; the scores are drawn from two Gaussians, the benchmark measures
+  the reduction, not physics), reduced on a 2-worker LocalCluster with dask.array against a
+  single-threaded numpy loop (:func:`jetscan.jobs.scan.roc_band_numpy`, reading the same
+  arrays). Cold (first call, cluster already up) and warm (repeated). Issue target: >= 1.8x.
+
+    python benchmarks/scan.py [--store out/quickstart.zarr] [--cells 4] [--epochs 3] [--workers 2]
+        [--agg-cells 100] [--agg-jets 100000] [--boot 50] [--part cells|agg|both]
+
+Without ``--store`` a small store (QCD and top, Pythia, no Ray) is generated in a temporary
+folder first (not timed). Appends one JSON line to ``benchmarks/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# benchmarks/distributed.py would shadow the distributed package: import _common by its path
+# and keep this folder off sys.path (the Dask worker processes inherit it)
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_spec = importlib.util.spec_from_file_location("_bench_common", _HERE / "_common.py")
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
+append_result, cpu_device = _common.append_result, _common.cpu_device
+
+
+def make_study(store: str | None, tmp: Path, epochs: int, cells: int, jets: int):
+    from jetscan.core.study import Study
+    from jetscan.jobs.generate import generate
+
+    runs = {"dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": epochs, "optimizer": "adam"}}
+    scan = {"bench": {"runs": ["dense"], "repeats": cells}}
+    if store:
+        import zarr
+
+        root = zarr.open_group(store, mode="r")
+        first = next(iter(root.attrs["samples"]))
+        settings = root[first].attrs["settings"]
+        samples = {}
+        for name in root.attrs["samples"]:
+            s = dict(root[name].attrs["settings"]["sample"])
+            s.pop("name")
+            samples[name] = s
+        data = {"name": "bench-scan", "store": store, "seed": settings["seed"], "sqrt_s_gev": settings["sqrt_s_gev"],
+                "jet": settings["jet"], "detector": settings["detector"], "generation": settings["generation"],
+                "samples": samples}
+    else:
+        data = {"name": "bench-scan", "store": str(tmp / "base.zarr"), "seed": 5, "sqrt_s_gev": 13000.0,
+                "jet": {"r": 0.8, "pt_window_gev": [800.0, 900.0], "abs_eta_max": 1.0, "max_constituents": 120},
+                "generation": {"shard_jets": 250, "batch_events": 100},
+                "samples": {"qcd": {"process": "qcd_dijet", "n_jets": jets}, "top": {"process": "top_hadronic", "n_jets": jets // 4}}}
+    data.update({"preprocess": {"representations": ["heimel40"]}, "train": {"runs": runs}, "scan": scan})
+    study = Study.from_dict(data)
+    if not store:
+        generate(study, use_ray=False)
+    return study
+
+
+def cells_per_hour(study, tmp: Path, workers: int) -> dict:
+    from jetscan.core.study import Study
+    from jetscan.jobs.scan import scan
+
+    copy = tmp / f"w{workers}.zarr"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(study.store, copy, ignore=shutil.ignore_patterns("_runs", "_results", "results", "_scan"))
+    data = study.model_dump(mode="json")
+    data["store"] = str(copy)
+    s = Study.from_dict(data)
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    out = scan(s, "bench", workers=workers, echo=lambda msg: marks.append(time.perf_counter()))
+    wall = time.perf_counter() - t0
+    assert not out["failed"], out["failed"]
+    loop = marks[-1] - marks[0]  # first echo: graph submitted; last: last task done
+    return {"workers": workers, "threads_per_worker": max(1, (os.cpu_count() or 1) // workers), "cells": out["cells"],
+            "wall_s": wall, "loop_s": loop, "cells_per_hour_wall": 3600 * out["cells"] / wall,
+            "cells_per_hour_loop": 3600 * out["cells"] / loop}
+
+
+def aggregation(tmp: Path, cells: int, jets: int, n_boot: int, workers: int, repeat: int) -> dict:
+    import dask.array as da
+    import numpy as np
+    import zarr
+
+    from jetscan.cluster.dask import open_client
+    from jetscan.jobs.scan import roc_band_numpy, roc_bands, score_edges
+
+    root = zarr.open_group(str(tmp / "agg.zarr"), mode="w")
+    rng = np.random.default_rng(1)
+    chunk = max(1, jets // 4)
+    for c in range(cells):
+        root.create_array(f"c{c}/bkg", data=rng.normal(0, 1, jets), chunks=(chunk,))
+        root.create_array(f"c{c}/sig", data=rng.normal(1, 1, jets), chunks=(chunk,))
+    path = str(tmp / "agg.zarr")
+
+    def numpy_loop():
+        out = []
+        for c in range(cells):
+            b = zarr.open_array(f"{path}/c{c}/bkg", mode="r")[...]
+            s = zarr.open_array(f"{path}/c{c}/sig", mode="r")[...]
+            edges = score_edges(min(b.min(), s.min()), max(b.max(), s.max()))
+            out.append(roc_band_numpy(b, s, edges, n_boot, seed=c))
+        return out
+
+    def dask_run(client):
+        pairs = [(da.from_zarr(f"{path}/c{c}/bkg", chunks=-1), da.from_zarr(f"{path}/c{c}/sig", chunks=-1)) for c in range(cells)]
+        return roc_bands(pairs, n_boot, client=client)
+
+    times = {"numpy": [], "dask": []}
+    t0 = time.perf_counter()
+    with open_client(workers=workers) as client:
+        startup = time.perf_counter() - t0
+        ref = None
+        for i in range(repeat + 1):
+            t = time.perf_counter()
+            ref = numpy_loop()
+            times["numpy"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            got = dask_run(client)
+            times["dask"].append(time.perf_counter() - t)
+        same = all(np.allclose(a[0], b[0]) for a, b in zip(ref, got))
+    return {"cells": cells, "jets": jets, "n_boot": n_boot, "workers": workers, "cluster_startup_s": startup,
+            "numpy_s": times["numpy"], "dask_s": times["dask"], "same_curves": bool(same),
+            "ratio_cold": times["numpy"][0] / times["dask"][0],
+            "ratio_warm": float(np.median(times["numpy"][1:]) / np.median(times["dask"][1:])) if repeat else None,
+            "ratio_with_startup": times["numpy"][0] / (times["dask"][0] + startup)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--store", default=None)
+    p.add_argument("--cells", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--jets", type=int, default=1000, help="QCD jets of the generated store (no --store)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--agg-cells", type=int, default=100)
+    p.add_argument("--agg-jets", type=int, default=100_000)
+    p.add_argument("--boot", type=int, default=50)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--part", choices=["cells", "agg", "both"], default="both")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scan-"))
+    result = {"bench": "scan", "device": cpu_device(), "cores": os.cpu_count(), "argv": sys.argv[1:]}
+    try:
+        if args.part in ("cells", "both"):
+            study = make_study(args.store, tmp, args.epochs, args.cells, args.jets)
+            one = cells_per_hour(study, tmp, 1)
+            many = cells_per_hour(study, tmp, args.workers)
+            result["cells"] = [one, many]
+            result["ratio_cells_per_hour_wall"] = many["cells_per_hour_wall"] / one["cells_per_hour_wall"]
+            result["ratio_cells_per_hour_loop"] = many["cells_per_hour_loop"] / one["cells_per_hour_loop"]
+            print(f"cells/hour: 1 worker {one['cells_per_hour_wall']:.0f} (wall), {one['cells_per_hour_loop']:.0f} (loop); "
+                  f"{args.workers} workers {many['cells_per_hour_wall']:.0f} (wall), {many['cells_per_hour_loop']:.0f} (loop); "
+                  f"ratio wall {result['ratio_cells_per_hour_wall']:.2f}, loop {result['ratio_cells_per_hour_loop']:.2f} "
+                  "(target >= 1.8)")
+        if args.part in ("agg", "both"):
+            agg = aggregation(tmp, args.agg_cells, args.agg_jets, args.boot, args.workers, args.repeat)
+            result["aggregation"] = agg
+            print(f"aggregation {args.agg_cells} cells x {args.agg_jets} jets, {args.boot} bootstraps: numpy loop "
+                  f"{agg['numpy_s'][0]:.2f} s cold / dask {args.workers} workers {agg['dask_s'][0]:.2f} s cold "
+                  f"(cluster start-up {agg['cluster_startup_s']:.1f} s): ratio cold {agg['ratio_cold']:.2f}, warm "
+                  f"{agg['ratio_warm'] if agg['ratio_warm'] is None else round(agg['ratio_warm'], 2)}, with start-up "
+                  f"{agg['ratio_with_startup']:.2f} (target >= 1.8); same curves: {agg['same_curves']}")
+        result["load_avg_note"] = "shared machine: see load_avg"
+        append_result(result)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
