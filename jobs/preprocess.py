@@ -202,7 +202,9 @@ def bytes_per_jet(store: str, sample: str, representation: str) -> float:
     """Stored bytes per jet of one representation (from the inputs catalog)."""
     t = catalog.read_catalog(store, sample, table=f"inputs/{representation}")
     n = sum(t.column("n_jets").to_pylist())
-    b = sum(t.column("nbytes_stored").to_pylist())
-    return float(b) / n if n else float("nan")
+    sizes = t.column("nbytes_stored").to_pylist()
+    if not n or any(s < 0 for s in sizes):  # -1: not measured (an object store)
+        return float("nan")
+    return float(sum(sizes)) / n
 
 
