@@ -1,0 +1,116 @@
+"""The seed papers' published figures as data, per study preset (``jetscan reproduce``).
+
+Transcribed from ``../shared/reference/seed-physics.md`` ("Results to land near" and "Samples")
+only: a figure that document gives no number for (the Farina mass-correlation plot, Heimel's
+sculpting plots, Farina's bump hunt S/B) has no row here. Each row:
+
+- ``id``: the figure / table and the line of it (``"fig-image-ae"``, ...);
+- ``what``: the paper's statement, in words;
+- ``runs``: the preset's run(s) that reproduce it (several runs = repeated trainings, averaged);
+- ``signal``: the signal sample; ``metric``: a column of the results table (``auc``,
+  ``inv_eb_at_0p3``, ``e10``, ``e100``, ``accuracy``);
+- ``value``: the published number; ``range``: (lo, hi) where the paper gives a range;
+- ``paper_size``: the paper's sample sizes; ``note``: what the comparison must keep in mind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["REFERENCE", "reference_rows", "PAPERS"]
+
+PAPERS = {
+    "heimel": "Heimel, Kasieczka, Plehn, Thompson, arXiv:1808.08979",
+    "farina": "Farina, Nakai & Shih, arXiv:1808.08992",
+    "macaluso": "Macaluso & Shih, arXiv:1803.00107",
+}
+
+_HEIMEL_TOP_SIZE = "AE train 100k QCD; test 200k top + 200k QCD"
+_FARINA_SIZE = "AEs train on 100k QCD; test as the CMS top sample (400k + 400k)"
+_MS_SIZE = "1.2M + 1.2M train, 400k + 400k test"
+
+
+def _row(id_, what, runs, signal, metric, value, paper_size, paper, note="", range_=None) -> dict[str, Any]:
+    return {"id": id_, "what": what, "runs": tuple(runs), "signal": signal, "metric": metric, "value": float(value),
+            "range": range_, "paper_size": paper_size, "paper": PAPERS[paper], "note": note}
+
+
+_DENSE = [f"dense_ae_{i}" for i in range(1, 6)]
+_CNN = [f"cnn_ae_{i}" for i in range(1, 6)]
+_MS_ROW = ("Macaluso-Shih CNN, CMS sample: + colour (the full recipe)", "tagger", "top")
+
+#: preset name -> reference rows
+REFERENCE: dict[str, list[dict[str, Any]]] = {
+    "heimel-top": [
+        _row("image-ae", "image AE vs tops: AUC about 0.89 on a plateau for bottleneck 20-34", ["image_ae_b20"], "top",
+             "auc", 0.89, _HEIMEL_TOP_SIZE, "heimel", "bottleneck 20"),
+        _row("image-ae", "image AE vs tops: AUC about 0.89 on a plateau for bottleneck 20-34", ["image_ae_b32"], "top",
+             "auc", 0.89, _HEIMEL_TOP_SIZE, "heimel", "bottleneck 32"),
+        _row("lola-ae", "LoLa AE vs tops: AUC about 0.92, best bottleneck <= 10", ["lola_ae_b10"], "top", "auc", 0.92,
+             _HEIMEL_TOP_SIZE, "heimel", "bottleneck 10"),
+        _row("adversarial", "adversarial AE, lambda = 5e-4: AUC about 0.70", ["adv_ae_l5e4"], "top", "auc", 0.70,
+             "adversarial train 600k QCD; test 200k top + 200k QCD", "heimel", "trained on 100k QCD here, not 600k"),
+        _row("contamination", "3% top contamination, bottleneck 10, lambda 5e-4: AUC 0.65", ["adv_ae_c3_l5e4"], "top",
+             "auc", 0.65, _HEIMEL_TOP_SIZE, "heimel"),
+        _row("contamination", "3% top contamination, bottleneck 10, lambda 3e-4: AUC about 0.70", ["adv_ae_c3_l3e4"],
+             "top", "auc", 0.70, _HEIMEL_TOP_SIZE, "heimel"),
+    ],
+    "farina": [
+        *[
+            _row("e10-e100-tops", f"{m} vs tops: E10 / E100 = {e10} / {e100}", runs, "top", metric, v, _FARINA_SIZE,
+                 "farina", note)
+            for m, runs, e10, e100, note in (
+                ("PCA", ["pca"], 0.51, 0.04, "d = 6"),
+                ("dense AE", _DENSE, 0.66, 0.13, "d = 6; mean of 5 trainings"),
+                ("CNN AE", _CNN, 0.70, 0.19, "d = 6; mean of 5 trainings"),
+            )
+            for metric, v in (("e10", e10), ("e100", e100))
+        ],
+        *[
+            _row("e10-e100-gluinos", f"{m} vs 400 GeV gluinos: E10 / E100 = {e10} / {e100}", runs, "gluino", metric, v,
+                 _FARINA_SIZE, "farina", note)
+            for m, runs, e10, e100, note in (
+                ("PCA", ["pca"], 0.98, 0.36, "d = 6"),
+                ("dense AE", _DENSE, 0.90, 0.39, "d = 6; mean of 5 trainings"),
+                ("CNN AE", _CNN, 0.77, 0.23, "d = 6; mean of 5 trainings"),
+            )
+            for metric, v in (("e10", e10), ("e100", e100))
+        ],
+        _row("contamination", "CNN AE trained with 10% top contamination still reaches E100 of about 0.1", ["cnn_ae_c10"],
+             "top", "e100", 0.1, "100k training jets, 10% of them tops", "farina",
+             "the whole curve (0-10%, five trainings each): jetscan scan studies/farina.yaml contamination"),
+    ],
+    "heimel-scalar": [
+        _row("scalar", "scalar phi -> a a: AE AUC 0.90 (bottleneck 32)", ["image_ae_b32"], "scalar", "auc", 0.90,
+             "800k train, about 250k validation, 250k test", "heimel"),
+        _row("scalar", "scalar phi -> a a: adversarial (lambda 1e-3) AUC 0.60", ["adv_ae_l1e3"], "scalar", "auc", 0.60,
+             "800k train, about 250k validation, 250k test", "heimel"),
+    ],
+    "heimel-dark": [
+        *[
+            _row("dark", "dark showers: AE AUC 0.78-0.79", ["image_ae"], sig, "auc", 0.785, "800k / 260k / 280k", "heimel",
+                 f"seed-physics.md gives one range for the dark showers; m_piv = {mass} GeV", range_=(0.78, 0.79))
+            for sig, mass in (("dark", 10), ("dark100", 100))
+        ],
+        *[
+            _row("dark", "dark showers: adversarial with 50 mass bins, lambda 1e-2, AUC about 0.6", ["adv_ae_l1e2"], sig,
+                 "auc", 0.6, "800k / 260k / 280k", "heimel", f"m_piv = {mass} GeV")
+            for sig, mass in (("dark", 10), ("dark100", 100))
+        ],
+    ],
+    "macaluso-shih": [
+        _row("cumulative", _MS_ROW[0] + ": accuracy 94.8%", [_MS_ROW[1]], _MS_ROW[2], "accuracy", 0.948, _MS_SIZE, "macaluso"),
+        _row("cumulative", _MS_ROW[0] + ": AUC 0.989", [_MS_ROW[1]], _MS_ROW[2], "auc", 0.989, _MS_SIZE, "macaluso"),
+    ],
+    "macaluso-shih-100k": [
+        _row("cumulative", _MS_ROW[0] + ": accuracy 94.8%", [_MS_ROW[1]], _MS_ROW[2], "accuracy", 0.948, _MS_SIZE, "macaluso",
+             "ours is a 100k + 100k training subset; the paper gains 0.002 in AUC (0.986 -> 0.988) from its 1.2M sample"),
+        _row("cumulative", _MS_ROW[0] + ": AUC 0.989", [_MS_ROW[1]], _MS_ROW[2], "auc", 0.989, _MS_SIZE, "macaluso",
+             "ours is a 100k + 100k training subset; the paper gains 0.002 in AUC (0.986 -> 0.988) from its 1.2M sample"),
+    ],
+}
+
+
+def reference_rows(preset: str) -> list[dict[str, Any]]:
+    """The reference rows of ``preset`` (a copy); KeyError-free: an unknown preset has none."""
+    return [dict(r) for r in REFERENCE.get(preset, [])]

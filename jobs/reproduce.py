@@ -1,0 +1,400 @@
+"""Stage: reproduce a seed paper's figures (``jetscan reproduce PRESET [--shrink F] [--workers N]``).
+
+The whole story of the command:
+
+1. ``PRESET`` names a study file under ``studies/`` (``heimel-top``, ``farina``, ``heimel-scalar``,
+   ``heimel-dark``, ``macaluso-shih``, ``macaluso-shih-100k``) or is a path to one; its reference
+   rows (the papers' published numbers, :mod:`jetscan.core.reference`) name the runs to make.
+2. ``--shrink F`` scales every sample size and the epochs by F (at least 50 jets per sample,
+   one epoch; shards, PCA fits and adversary mass bins follow) into a separate store
+   (``<store>-shrink<F>.zarr``), for tests and smoke runs; the table's header says so. The
+   preset's ``search:`` and ``scan:`` sections are not run by this command (``jetscan search`` /
+   ``jetscan scan`` run them; a shrunken copy drops them, since their grids are sized for the
+   full samples).
+3. The chain reuses everything already done: generation and preprocessing make only missing
+   shards, training resumes from its checkpoint and returns at once for a finished run, and a
+   run whose results carry its current settings hash (``run_settings_hash``) is not evaluated
+   again (:func:`jetscan.storage.results.rows_with_results`).
+4. ``<out>/<PRESET>.md`` (default ``docs/results/``) and one small PNG per reference figure: each
+   published number next to ours, with ours' band (the standard deviation over 10 disjoint test
+   subsamples that evaluation computes; for repeated trainings, the mean over the runs with the
+   band combined in quadrature with the spread of the runs), the difference in units of the band,
+   a verdict (``agrees`` within 2 bands, else ``differs``), the sample sizes and notes. Written by
+   the command only, never by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from jetscan.core.errors import ConfigError
+from jetscan.core.reference import reference_rows
+from jetscan.core.study import Study, settings_hash
+
+__all__ = ["PRESETS_DIR", "presets", "preset_path", "shrink_study_data", "load_preset", "compare", "reproduce",
+           "write_table", "add_commands"]
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "studies"
+#: agreement threshold, in units of our band
+AGREE_BANDS = 2.0
+MIN_SHRUNK_JETS = 50
+METRIC_NAMES = {"auc": "AUC", "inv_eb_at_0p3": "1/eps_B at eps_S = 0.3", "e10": "E10", "e100": "E100",
+                "accuracy": "accuracy"}
+
+
+def presets() -> list[str]:
+    """The study presets that have reference rows (``studies/<name>.yaml``)."""
+    from jetscan.core.reference import REFERENCE
+
+    return [p for p in REFERENCE if (PRESETS_DIR / f"{p}.yaml").is_file()]
+
+
+def preset_path(preset: str | Path) -> Path:
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    q = PRESETS_DIR / f"{preset}.yaml"
+    if q.is_file():
+        return q
+    raise ConfigError(
+        f"reproduce: no preset {str(preset)!r}; presets: {', '.join(presets())} (or pass the path of a study file)"
+    )
+
+
+def shrink_study_data(data: dict, shrink: float) -> dict:
+    """A copy of a study mapping with sample sizes and epochs scaled by ``shrink`` (0 < shrink <= 1)."""
+    if not 0.0 < shrink <= 1.0:
+        raise ConfigError(f"--shrink: a factor in (0, 1] scales the sizes down (got {shrink}); e.g. --shrink 0.01")
+    out = copy.deepcopy(data)
+    for cfg in out["samples"].values():
+        cfg["n_jets"] = max(MIN_SHRUNK_JETS, int(round(cfg["n_jets"] * shrink)))
+    largest = max(cfg["n_jets"] for cfg in out["samples"].values())
+    gen = out.setdefault("generation", {})
+    gen["shard_jets"] = max(10, min(int(gen.get("shard_jets", 2000)), int(math.ceil(largest / 2))))
+    n_train_bkg = min(int(round(c["n_jets"] * out["data"]["splits"]["train"]))
+                      for c in out["samples"].values())
+    for run in out["train"]["runs"].values():
+        run["epochs"] = max(1, int(round(run.get("epochs", 10) * shrink)))
+        run["patience"] = max(1, min(int(run.get("patience", 10)), run["epochs"]))
+        run["max_fit_jets"] = max(10, int(round(run.get("max_fit_jets", 200_000) * shrink)))
+        adv = run.get("adversary")
+        if adv:  # equal-population mass bins need several QCD jets each
+            adv["mass_bins"] = max(2, min(int(adv.get("mass_bins", 10)), n_train_bkg // 5))
+    out.pop("search", None)
+    out.pop("scan", None)
+    store = str(out["store"])
+    stem = store[: -len(".zarr")] if store.endswith(".zarr") else store
+    out["store"] = f"{stem}-shrink{shrink:g}.zarr"
+    return out
+
+
+def load_preset(preset: str | Path, *, shrink: float | None = None, store: str | None = None) -> tuple[Study, str]:
+    """(the study to run, the preset's name)."""
+    path = preset_path(preset)
+    study = Study.from_yaml(path)
+    data = study.model_dump(mode="json")
+    if shrink is not None:
+        data = shrink_study_data(data, shrink)
+    if store is not None:
+        data["store"] = str(store)
+    return Study.from_dict(data, source=str(path)), path.stem
+
+
+# --------------------------------------------------------------------------------------
+# the chain
+
+
+def _runs_needed(study: Study, preset: str, only: Iterable[str] | None) -> list[str]:
+    runs = list(dict.fromkeys(r for row in reference_rows(preset) for r in row["runs"]))
+    runs = runs or list(study.train.runs)
+    if only:
+        only = list(only)
+        for r in only:
+            study.run(r)
+        runs = [r for r in runs if r in only]
+    return runs
+
+
+def _evaluate_run(study: Study, run: str) -> list[dict]:
+    """The run's result rows: reused when they carry the current settings hash, else evaluated."""
+    from jetscan.jobs.evaluate import evaluation_for
+    from jetscan.jobs.train import run_settings
+    from jetscan.storage import results
+
+    h = settings_hash(run_settings(study, run))
+    rows = results.rows_with_results(study.store, run, h)
+    if rows is None:
+        evaluation = evaluation_for(study, run)
+        evaluation["config"]["run_settings_hash"] = h
+        rows = results.summarise(evaluation)
+        results.write_run(study.store, evaluation, rows)
+    if rows and rows[0].get("kind") == "tagger":
+        rows = _with_accuracy_band(study, run, rows)
+    return rows
+
+
+def _with_accuracy_band(study: Study, run: str, rows: list[dict]) -> list[dict]:
+    """Taggers: the accuracy's band over the same 10 disjoint test subsamples as the other
+    metrics (:func:`jetscan.core.metrics.bands`, seed 0), from the stored per-jet scores."""
+    from jetscan.core import metrics
+    from jetscan.storage import results
+
+    stored = results.read_run(study.store, run)
+    b = stored["samples"][stored["background"]]["score"]
+    out = []
+    for row in rows:
+        s = stored["samples"][row["signal"]]["score"]
+        scores = np.r_[b, s]
+        labels = np.r_[np.zeros(len(b), np.int64), np.ones(len(s), np.int64)]
+        try:
+            _, std = metrics.bands(lambda x, y: metrics.accuracy(x, y, 0.5), scores, labels, n_subsamples=10, seed=0)
+        except ValueError:  # fewer than 10 jets of a class
+            std = float("nan")
+        out.append({**row, "accuracy_std": std})
+    return out
+
+
+def _split_sizes(study: Study) -> dict[str, dict[str, int]]:
+    from jetscan.storage import catalog
+
+    s = study.data.splits
+    out = {}
+    for name in study.samples:
+        try:
+            n = int(sum(catalog.read_catalog(study.store, name).column("n_jets").to_pylist()))
+        except Exception:  # noqa: BLE001 - nothing generated yet
+            n = 0
+        out[name] = {"jets": n, "train": int(round(n * s.train)), "val": int(round(n * s.val)), "test": int(round(n * s.test))}
+    return out
+
+
+def compare(ref: dict, rows_by_run: dict[str, list[dict]]) -> dict:
+    """One reference row against our result rows: ours, band, (ours - paper) / band, verdict."""
+    metric, signal = ref["metric"], ref["signal"]
+    values, stds, sizes = [], [], []
+    missing = []
+    for run in ref["runs"]:
+        match = [r for r in rows_by_run.get(run, []) if r.get("signal") == signal]
+        if not match:
+            missing.append(run)
+            continue
+        r = match[0]
+        values.append(float(r[metric]))
+        std = r.get(f"{metric}_std")
+        stds.append(float(std) if std is not None else float("nan"))
+        sizes.append((int(r["n_signal"]), int(r["n_background"]), r.get("n_train_jets")))
+    out = {**ref, "ours": float("nan"), "band": float("nan"), "pull": float("nan"), "verdict": "not run",
+           "n_runs": len(values), "our_size": "", "missing": missing}
+    if not values:
+        return out
+    ours = float(np.mean(values))
+    # the band of one run: the spread over 10 disjoint test subsamples (NaN for accuracy: none stored).
+    # Over repeated trainings: the mean band and the spread of the runs, in quadrature.
+    sub = float(np.sqrt(np.nanmean(np.square(stds)))) if np.isfinite(stds).any() else float("nan")
+    spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    band = math.hypot(sub, spread) if math.isfinite(sub) else (spread if len(values) > 1 else float("nan"))
+    lo, hi = ref["range"] if ref.get("range") else (ref["value"], ref["value"])
+    diff = 0.0 if lo <= ours <= hi else (ours - hi if ours > hi else ours - lo)
+    pull = diff / band if band and math.isfinite(band) and band > 0 else float("nan")
+    verdict = "no band" if not math.isfinite(pull) else ("agrees" if abs(pull) <= AGREE_BANDS else "differs")
+    n_sig, n_bkg, n_train = sizes[0]
+    our_size = f"test {n_sig} {signal} + {n_bkg} bkg" + (f"; train {n_train}" if n_train else "")
+    if len(values) > 1:
+        our_size += f"; {len(values)} trainings"
+    out.update(ours=ours, band=band, pull=pull, verdict=verdict, our_size=our_size)
+    return out
+
+
+def reproduce(
+    preset: str | Path,
+    *,
+    shrink: float | None = None,
+    workers: int | None = None,
+    out_dir: str | Path = "docs/results",
+    store: str | None = None,
+    runs: Iterable[str] | None = None,
+    use_ray: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the preset's chain (reusing what is done) and write its comparison table and plots.
+
+    Returns ``{"preset", "study", "rows" (compared reference rows), "table" (the .md path),
+    "pngs", "seconds"}``."""
+    from jetscan.jobs.generate import generate
+    from jetscan.jobs.preprocess import preprocess
+    from jetscan.jobs.train import train
+    from jetscan.storage import blobs
+
+    echo = echo or (lambda *_: None)
+    study, name = load_preset(preset, shrink=shrink, store=store)
+    needed = _runs_needed(study, name, runs)
+    blobs.use_storage_options(study.store, study.storage_options)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    echo(f"{name}: generating into {study.store}")
+    generate(study, workers=workers, use_ray=use_ray)
+    timings["generate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    reps = sorted({study.run(r).representation or _model_representation(study, r) for r in needed})
+    reps = [r for r in reps if r in study.preprocess.representations]
+    preprocess(study, workers=workers, representations=reps or None, use_ray=use_ray)
+    timings["preprocess"] = time.perf_counter() - t
+    rows_by_run: dict[str, list[dict]] = {}
+    t = time.perf_counter()
+    for run in needed:
+        echo(f"{name}: train {run}")
+        train(study, run)
+    timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for run in needed:
+        rows_by_run[run] = _evaluate_run(study, run)
+    timings["evaluate"] = time.perf_counter() - t
+    compared = [compare(ref, rows_by_run) for ref in reference_rows(name)]
+    if runs:
+        compared = [c for c in compared if all(r in needed for r in c["runs"])]
+    seconds = time.perf_counter() - t0
+    timings["total"] = seconds
+    table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings)
+    echo(f"{name}: {table}")
+    return {"preset": name, "study": study, "rows": compared, "table": table, "pngs": pngs, "seconds": seconds}
+
+
+def _model_representation(study: Study, run: str) -> str:
+    from jetscan.core.models import build_model
+
+    cfg = study.run(run)
+    return build_model(cfg.model, **cfg.hyper)[1].representation
+
+
+# --------------------------------------------------------------------------------------
+# the table and the plots
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        if math.isinf(v):
+            return "inf"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
+    from jetscan.jobs import report as rep
+
+    matplotlib, Figure, Canvas, _, _style = rep._mpl()
+    fig = Figure(figsize=(1.2 + 1.1 * len(rows), 3.2))
+    ax = fig.add_subplot(111)
+    x = np.arange(len(rows))
+    paper = [r["value"] for r in rows]
+    ours = [r["ours"] for r in rows]
+    band = [r["band"] if math.isfinite(r["band"]) else 0.0 for r in rows]
+    ax.plot(x - 0.1, paper, "s", color="tab:red", label="paper")
+    for i, r in enumerate(rows):
+        if r.get("range"):
+            ax.vlines(i - 0.1, *r["range"], color="tab:red")
+    ax.errorbar(x + 0.1, ours, yerr=band, fmt="o", color="black", capsize=3, label="jetscan (band: 10 test subsamples)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{'+'.join(r['runs']) if len(r['runs']) == 1 else r['runs'][0].rsplit('_', 1)[0]}\n"
+                        f"{r['signal']} {METRIC_NAMES.get(r['metric'], r['metric'])}" for r in rows], fontsize=7)
+    ax.set_title(f"{name}: {fig_id}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    path = out / f"{name}-{rep._safe(fig_id)}.png"
+    Canvas(fig)
+    fig.savefig(path, dpi=80, format="png")
+    return path
+
+
+def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink: float | None = None,
+                timings: dict | None = None) -> tuple[Path, list[Path]]:
+    """``<out>/<name>.md`` and ``<out>/<name>-<figure>.png``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for fig_id in dict.fromkeys(r["id"] for r in rows):
+        group = [r for r in rows if r["id"] == fig_id and math.isfinite(r["ours"])]
+        if group:
+            pngs.append(_plot(name, fig_id, group, out))
+    sizes = _split_sizes(study)
+    lines = [f"# {name}: the seed paper's figures next to jetscan's", ""]
+    if shrink is not None:
+        lines += [f"**SHRUNK by --shrink {shrink:g}: sample sizes and epochs scaled down (a smoke run). "
+                  "These numbers say nothing about the physics.**", ""]
+    lines += [
+        f"Made by `jetscan reproduce {name}{f' --shrink {shrink:g}' if shrink is not None else ''}` on "
+        f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from the study `{study.name}` "
+        f"(store `{Path(study.store).name}`); never edited by hand.",
+        "",
+        "Ours: the metric on the whole test split; band: the standard deviation over 10 disjoint test subsamples "
+        "(for repeated trainings, the mean over the runs, the band combined in quadrature with their spread). "
+        f"Pull: (ours - paper) / band (0 inside a published range); verdict: agrees within {AGREE_BANDS:g} bands. "
+        "Our detector model is not Delphes: expect agreement in trend and rough size.",
+        "",
+        "| figure | paper | run(s) | signal | metric | paper value | paper sizes | ours | band | pull | verdict | our sizes | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        value = f"{r['range'][0]:g}-{r['range'][1]:g}" if r.get("range") else f"{r['value']:g}"
+        notes = [r["note"]] if r.get("note") else []
+        if r["missing"]:
+            notes.append(f"no results for {', '.join(r['missing'])}")
+        lines.append("| " + " | ".join([
+            r["id"], r["what"], ", ".join(r["runs"]), r["signal"], METRIC_NAMES.get(r["metric"], r["metric"]), value,
+            r["paper_size"], _fmt(r["ours"]), _fmt(r["band"], 2), _fmt(r["pull"], 2), r["verdict"], r["our_size"],
+            "; ".join(notes),
+        ]).replace("\n", " ") + " |")
+    lines += ["", "## Samples", "", "| sample | process | jets | train | val | test |", "|---|---|---|---|---|---|"]
+    for s, n in sizes.items():
+        lines.append(f"| {s} | {study.sample(s).process} | {n['jets']} | {n['train']} | {n['val']} | {n['test']} |")
+    if timings:
+        lines += ["", "## Wall time (this invocation; work done before is reused)", "",
+                  "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    if pngs:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
+    path = out / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path, pngs
+
+
+# --------------------------------------------------------------------------------------
+# command line
+
+
+def add_commands(app) -> None:
+    """``jetscan reproduce``."""
+    import typer
+
+    @app.command("reproduce")
+    def reproduce_cmd(
+        preset: str = typer.Argument(..., metavar="PRESET", help="a preset of studies/ (heimel-top, farina, ...) or a study file"),
+        shrink: Optional[float] = typer.Option(None, "--shrink", help="scale sample sizes and epochs by F (smoke runs)"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Ray workers for generation and preprocessing"),
+        out: Path = typer.Option(Path("docs/results"), "--out", help="folder of the table and plots"),
+        store: Optional[str] = typer.Option(None, "--store", help="another store for the study"),
+        run: Optional[list[str]] = typer.Option(None, "--run", help="only these runs (and their reference rows)"),
+        no_ray: bool = typer.Option(False, "--no-ray", help="generate and preprocess in this process"),
+    ) -> None:
+        """Run a seed paper's preset and write docs/results/PRESET.md: the paper's figures next to ours."""
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        result = reproduce(preset, shrink=shrink, workers=workers, out_dir=out, store=store, runs=run,
+                           use_ray=not no_ray, echo=console.print)
+        for r in result["rows"]:
+            console.print(f"  {r['id']}: {', '.join(r['runs'])} {r['signal']} {r['metric']}: paper {r['value']:g}, "
+                          f"ours {_fmt(r['ours'])} +- {_fmt(r['band'], 2)}: {r['verdict']}")
+        console.print(f"table: {result['table']} ({result['seconds']:.0f} s)")
