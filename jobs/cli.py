@@ -12,6 +12,7 @@
     jetscan scan STUDY.yaml NAME   [--workers N] [--scheduler ADDR] [--cluster slurm [--dry-run]]
     jetscan serve STORE...         [--host H] [--port N] [--token-file F] [--no-auth]: read-only HTTP service
     jetscan query URL|STORE QUERY  [--columns ...] [--format table|csv|parquet]
+    jetscan reproduce PRESET       [--shrink F] [--workers N]: a seed paper's figures next to ours (docs/results/)
 """
 
 from __future__ import annotations
@@ -431,6 +432,15 @@ def _register_store_and_cloud() -> None:
 
 
 _register_store_and_cloud()
+
+
+def _register_reproduce() -> None:
+    from jetscan.jobs.reproduce import add_commands
+
+    add_commands(app)  # jetscan reproduce PRESET [--shrink F] [--workers N]
+
+
+_register_reproduce()
 
 
 def main() -> None:
