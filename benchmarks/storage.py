@@ -146,7 +146,8 @@ def main() -> None:
     for key, label in [("write_jets_per_s", "write jets/s (warm)"), ("write_mb_per_s", "write MB/s (warm)"),
                        ("read_jets_per_s", "read jets/s (warm)"), ("read_mb_per_s", "read MB/s (warm)")]:
         ratios[key] = s3[key] / local[key]
-        print(f"{label:22}{local[key]:14.0f}{s3[key]:14.0f}{ratios[key]:10.2f}")
+        fmt = ".2f" if "mb" in key else ".0f"
+        print(f"{label:22}{local[key]:14{fmt}}{s3[key]:14{fmt}}{ratios[key]:10.2f}")
     for key, label in [("write_cold_s", "first write s (cold)"), ("read_cold_s", "first read s (cold)"),
                        ("wall_s", "wall s (all, incl. setup)")]:
         ratios[key] = s3[key] / local[key]

@@ -3,9 +3,12 @@
 Actors are stateful (each owns, e.g., a Pythia instance), so work goes to whichever actor
 is idle; a task costs one actor call (~1 ms), so tasks should be coarse (whole shards).
 Local Ray by default; ``address`` joins an existing cluster (``ray start --head`` prints it).
-A killed actor is restarted by Ray and its task retried once; a task that still fails is
-reported with its error instead of ending the run, so the committed shards are kept and a
-re-run retries only the missing ones.
+When an actor (or its whole node: a reclaimed spot instance) is lost, its task goes back to
+the queue for the other actors, up to ``MAX_LOST_RETRIES`` times, and a fresh actor is started
+that takes work once it is up (on a cluster that lost a node, when the autoscaler has added
+one). A task that raises, or keeps losing its worker, is reported with its error instead of ending the run, so the committed shards are kept and a
+re-run retries only the missing ones. Inside a Ray job (``RAY_ADDRESS`` set) the cluster of
+the job is joined.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
@@ -49,6 +53,9 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
     to, or when joining fails (with a hint when the cluster wants token authentication)."""
     import ray
 
+    if not address and os.environ.get("RAY_ADDRESS"):
+        # inside a Ray job (jetscan cluster submit) Ray names the cluster to join
+        address, num_cpus = os.environ["RAY_ADDRESS"], None
     if ray.is_initialized():
         joined = ray.get_runtime_context().gcs_address
         if address and address != "auto" and joined.rpartition(":")[2] != address.rpartition(":")[2]:
@@ -113,28 +120,79 @@ def _session(address: str | None, workers: int):
             ray.shutdown()
 
 
-def _drive(submit: Callable[[Any, Any], Any], slots: list, tasks: Sequence[Any], on_result, replace_slot) -> list[Any]:
+MAX_LOST_RETRIES = 3  # a task whose worker dies is re-queued this many times before it counts as failed
+NO_WORKER_TIMEOUT_S = 600.0  # work left and no worker able to start for this long: give up
+
+
+def _drive(
+    submit: Callable[[Any, Any], Any], slots: list, tasks: Sequence[Any], on_result, replace_slot, ready=None
+) -> list[Any]:
     """Keep every slot busy with one task; collect results in completion order.
 
     ``submit(slot, task) -> ObjectRef``; ``replace_slot(slot) -> slot`` after a failure (a dead
-    actor is swapped for a fresh one). A failed task is kept as data and reported at the end.
+    actor is swapped for a fresh one). With ``ready(slot) -> ObjectRef``, a fresh slot takes
+    work only once that ref resolves (an actor whose node was lost may wait for a new node,
+    while the surviving ones drain the queue). A task whose worker was lost goes back to the
+    queue; a task that raised is kept as data and reported at the end.
     """
     import ray
 
     pending: dict[Any, tuple[Any, Any]] = {}
+    warming: dict[Any, Any] = {}  # ready ref -> fresh slot
     queue, idle = list(tasks), list(slots)
     results, failures = [], []
+    lost: dict[int, int] = {}  # id(task) -> times its worker (or node) was lost
+    waited_since, start_failures, start_error = None, 0, None
     while queue or pending:
         while idle and queue:
             slot, task = idle.pop(), queue.pop(0)
             pending[submit(slot, task)] = (slot, task)
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        if not pending and not warming:  # every worker failed to start
+            raise RunnerError(
+                f"no worker could be started ({error_line(start_error) if start_error else 'none left'}); "
+                f"{len(queue)} task(s) left, {len(results)} committed and kept"
+            )
+        if not pending:  # work left, but every worker is still starting (e.g. waiting for a node)
+            waited_since = waited_since or time.monotonic()
+            if time.monotonic() - waited_since > NO_WORKER_TIMEOUT_S:
+                raise RunnerError(
+                    f"no worker could be started for {NO_WORKER_TIMEOUT_S:.0f} s ({len(queue)} task(s) left, "
+                    f"{len(results)} committed and kept): the cluster lost its nodes; re-run when it has capacity"
+                )
+        else:
+            waited_since = None
+        done, _ = ray.wait(list(pending) + list(warming), num_returns=1, timeout=30 if not pending else None)
+        if not done:
+            continue
+        (ref,) = done
+        if ref in warming:
+            slot = warming.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                start_failures, start_error = start_failures + 1, exc
+                if start_failures <= MAX_LOST_RETRIES * max(1, len(slots)):
+                    slot = replace_slot(slot)
+                    warming[ready(slot)] = slot
+            else:
+                idle.append(slot)
+            continue
         slot, task = pending.pop(ref)
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            failures.append((task, exc))
             slot = replace_slot(slot)
+            key = id(task)
+            if not isinstance(exc, ray.exceptions.RayTaskError) and lost.get(key, 0) < MAX_LOST_RETRIES:
+                # the worker or its node died (a spot node reclaimed): the task, a whole shard
+                # committed only at its end, goes back to the queue for another worker
+                lost[key] = lost.get(key, 0) + 1
+                queue.append(task)
+            else:
+                failures.append((task, exc))
+            if ready is not None:
+                warming[ready(slot)] = slot
+                continue
         else:
             results.append(result)
             if on_result is not None:
@@ -168,21 +226,32 @@ def run_actors(
     (default: one per core of this machine)."""
     workers = workers or os.cpu_count() or 1
     with _session(address, workers) as ray:
-        remote_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(worker_cls)
+        # no restarts inside Ray: a restarted actor waits for a free CPU with its task queued on
+        # it, which never comes when its node is gone; _drive re-queues the task instead
+        remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(worker_cls)
         actors = [remote_cls.remote(*init_args) for _ in range(min(workers, len(tasks)))]
+        everyone = list(actors)
 
         def replace(actor):
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-            return remote_cls.remote(*init_args)
+            fresh = remote_cls.remote(*init_args)
+            everyone.append(fresh)
+            return fresh
 
         try:
-            return _drive(lambda a, t: getattr(a, method).remote(t), actors, tasks, on_result, replace)
+            return _drive(
+                lambda a, t: getattr(a, method).remote(t), actors, tasks, on_result, replace,
+                ready=lambda a: a.__ray_ready__.remote(),
+            )
         finally:
-            for actor in actors:
-                ray.kill(actor)
+            for actor in everyone:
+                try:
+                    ray.kill(actor)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
 
 
 def run_tasks(
