@@ -108,8 +108,9 @@ SlurmdPort={d_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-# cred_expire: also how long a requeued job waits before it may start again (default 120 s)
-AuthInfo=socket={dir}/munge.socket,cred_expire=10
+# cred_expire: also how long a requeued job waits before it may start again (default 120 s;
+# 30 leaves a loaded machine time to launch a step before its credential expires)
+AuthInfo=socket={dir}/munge.socket,cred_expire=30
 CredType=cred/munge
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
