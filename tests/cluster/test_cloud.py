@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,7 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
                 os.killpg(proc.pid, signal.SIGKILL)
         moto.kill()
         moto.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
