@@ -188,10 +188,17 @@ class ScanConfig(_Frozen):
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, tuple]) -> dict[str, tuple]:
+        out = {}
         for path, values in v.items():
             if not values:
                 raise ValueError(f"params.{path}: empty list; give at least one value")
-        return v
+            if len(set(values)) != len(values):
+                raise ValueError(f"params.{path}: values repeat: {list(values)}")
+            numbers = [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
+            if any(isinstance(x, float) for x in numbers) and len(numbers) == len(values):
+                values = tuple(float(x) for x in values)  # [0, 1.0e-4]: one float column, not int and float
+            out[path] = values
+        return out
 
     @field_validator("variations")
     @classmethod

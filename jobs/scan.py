@@ -24,7 +24,8 @@ The whole story of the stage:
    ``dask.dataframe`` into the tidy table (one row per cell x signal, the axes as columns),
    ``<store>/_scan/<NAME>.parquet``, and the band table over repeats
    (``<store>/_scan/<NAME>-bands.parquet``); ROC curves with bootstrap bands from the stored
-   per-jet scores with ``dask.array`` (``<store>/_scan/<NAME>-roc.parquet``).
+   per-jet scores, one Dask task per cell reading its score arrays (:func:`roc_bands`; ``dask.array``
+   reads measured slower than a numpy loop) (``<store>/_scan/<NAME>-roc.parquet``).
 4. The report ``<report>/scan-<NAME>/index.html`` (linked from the study report): E10, E100,
    AUC and 1/eps_B vs contamination with bands over repeats; AUC and QCD mass sculpting vs the
    adversary's lambda; the train-variant x test-variant matrix of AUC and of the QCD
@@ -300,16 +301,28 @@ def _band_of_scores(bkg: np.ndarray, sig: np.ndarray, n_boot: int, seed: int) ->
     return roc_band_numpy(bkg, sig, edges, n_boot, seed)
 
 
-def roc_bands(pairs: list[tuple[Any, Any]], n_boot: int, seed: int = 0, client=None) -> list[np.ndarray]:
-    """ROC + bootstrap band of every (background scores, signal scores) pair of dask arrays
-    (``dask.array.from_zarr`` of the stored per-jet scores, or numpy arrays), computed together on
-    Dask in one pass: each pair's chunks are read by the workers and reduced by one task per pair
-    (score range, histograms, the band), so the cells spread over the workers."""
-    import dask
-    import dask.array as da
+def _band_of_stored(bkg_url: str, sig_url: str, n_boot: int, seed: int, storage_options: dict | None = None) -> np.ndarray:
+    import zarr
 
-    tasks = [dask.delayed(_band_of_scores)(da.asarray(b), da.asarray(s), n_boot, seed + i)
-             for i, (b, s) in enumerate(pairs)]
+    kw = {"storage_options": storage_options} if storage_options else {}
+    bkg = zarr.open_array(bkg_url, mode="r", **kw)[...]
+    sig = zarr.open_array(sig_url, mode="r", **kw)[...]
+    return _band_of_scores(bkg, sig, n_boot, seed)
+
+
+def roc_bands(pairs: list[tuple[str, str]], n_boot: int, seed: int = 0, client=None,
+              storage_options: dict | None = None) -> list[np.ndarray]:
+    """ROC + bootstrap band of every (background scores, signal scores) pair of stored per-jet
+    score arrays (zarr URLs), one Dask task per pair that reads its two arrays and reduces them.
+
+    Why not ``dask.array.from_zarr`` per array: its read tasks hand 100k-score arrays to the
+    reducing task, often on the other worker, and the driver opens every array to build the
+    graph; on 100 cells x 100k jets that made the Dask run 2-4x *slower* than a numpy loop
+    (benchmarks/scan.py, 2 workers), while reading inside the reducing task keeps the bytes
+    where they are read."""
+    import dask
+
+    tasks = [dask.delayed(_band_of_stored)(b, s, n_boot, seed + i, storage_options) for i, (b, s) in enumerate(pairs)]
     return list(dask.compute(*tasks, **({"scheduler": client} if client is not None else {})))
 
 
@@ -326,8 +339,9 @@ def _write_parquet(study: Study, rel: str, df) -> None:
 
 def aggregate(study: Study, name: str, plan: dict, client=None) -> dict:
     """Tidy table, bands over repeats and ROC bands; written under ``<store>/_scan/``."""
-    import dask.array as da
     import pandas as pd
+
+    from jetscan.storage import blobs
 
     cfg = plan["config"]
     pcols = [_param_column(k) for k in cfg.params]
@@ -337,15 +351,13 @@ def aggregate(study: Study, name: str, plan: dict, client=None) -> dict:
     _write_parquet(study, f"{SCAN_DIR}/{name}-bands.parquet", bands)
     pairs, labels = [], []
     for _, row in table.drop_duplicates(["cell", "signal_variant"]).iterrows():
-        base = f"{study.store.rstrip('/')}/results/{row['cell']}/samples"
-        try:
-            b = da.from_zarr(f"{base}/{row['background']}/score", chunks=-1)
-            s = da.from_zarr(f"{base}/{row['signal_variant']}/score", chunks=-1)
-        except Exception:  # noqa: BLE001 - a cell stored without its scores: no ROC band for it
-            continue
-        pairs.append((b, s))
+        base = f"results/{row['cell']}/samples"
+        b, s = f"{base}/{row['background']}/score", f"{base}/{row['signal_variant']}/score"
+        if not (blobs.exists(study.store, f"{b}/zarr.json") and blobs.exists(study.store, f"{s}/zarr.json")):
+            continue  # a cell stored without its scores: no ROC band for it
+        pairs.append((_store_path(study, b), _store_path(study, s)))
         labels.append((row["cell"], row["signal"]))
-    curves = roc_bands(pairs, cfg.n_boot, client=client) if pairs else []
+    curves = roc_bands(pairs, cfg.n_boot, client=client, storage_options=study.storage_options or None) if pairs else []
     roc = pd.DataFrame([
         {"cell": c, "signal": sig, "eps_b": float(e), "eps_s": float(m), "eps_s_lo": float(lo), "eps_s_hi": float(hi)}
         for (c, sig), band in zip(labels, curves) for e, m, lo, hi in zip(EPS_B_GRID, *band)
@@ -496,7 +508,8 @@ def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, fail
                 ax.errorbar(x, g["auc_mean"], yerr=np.nan_to_num(g["auc_sd"].to_numpy(float)), fmt="o-", label=f"AUC {key}")
                 ax2.errorbar(x, g["jsd_50_mean"], yerr=np.nan_to_num(g["jsd_50_sd"].to_numpy(float)), fmt="s--", color="C3",
                              label=f"QCD sculpting (JSD, 50% rejected) {key[0]}")
-            ax.set_xscale("symlog", linthresh=max(1e-6, min([v for v in cfg.params[next(iter(cfg.params))] if isinstance(v, (int, float)) and v > 0] or [1e-6])))
+            positive = [float(x) for x in nominal[lam] if float(x) > 0]
+            ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-6)
             ax.set_xlabel("adversary lambda")
             ax.set_ylabel("AUC")
             ax2.set_ylabel("JSD of the QCD mass after a 50% cut")
