@@ -502,18 +502,23 @@ def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, fail
             fig = Figure()
             ax = fig.add_subplot()
             ax2 = ax.twinx()
-            for key, g in nominal.groupby(["model", "fraction", "signal"], dropna=False):
+            for i, (key, g) in enumerate(nominal.groupby(["model", "fraction", "signal"], dropna=False)):
                 g = g.sort_values(lam)
                 x = g[lam].to_numpy(float)
-                ax.errorbar(x, g["auc_mean"], yerr=np.nan_to_num(g["auc_sd"].to_numpy(float)), fmt="o-", label=f"AUC {key}")
-                ax2.errorbar(x, g["jsd_50_mean"], yerr=np.nan_to_num(g["jsd_50_sd"].to_numpy(float)), fmt="s--", color="C3",
-                             label=f"QCD sculpting (JSD, 50% rejected) {key[0]}")
+                tag = f"{key[0]}, {100 * key[1]:g}% {key[2]}"
+                ax.errorbar(x, g["auc_mean"], yerr=np.nan_to_num(g["auc_sd"].to_numpy(float)), fmt="o-", color=f"C{i}",
+                            label=f"AUC ({tag})")
+                ax2.errorbar(x, g["jsd_50_mean"], yerr=np.nan_to_num(g["jsd_50_sd"].to_numpy(float)), fmt="s--",
+                             color=f"C{i}", alpha=0.6, label=f"QCD JSD ({tag})")
             positive = [float(x) for x in nominal[lam] if float(x) > 0]
             ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-6)
             ax.set_xlabel("adversary lambda")
-            ax.set_ylabel("AUC")
-            ax2.set_ylabel("JSD of the QCD mass after a 50% cut")
-            ax.legend(fontsize="small", loc="lower left")
+            ax.set_ylabel("AUC (circles, solid)")
+            ax2.set_ylabel("QCD mass JSD after a 50% cut (squares, dashed)")
+            lines = ax.get_legend_handles_labels()
+            more = ax2.get_legend_handles_labels()
+            ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="x-small", loc="best")
+            fig.subplots_adjust(right=0.82)
             save(fig, "lambda.png", "AUC and QCD mass sculpting vs lambda")
         if cfg.matrix and len(bands):
             variants = cfg.variants
@@ -531,6 +536,7 @@ def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, fail
                     ax.set_yticks(range(len(variants)), variants)
                     ax.set_xlabel("test variant")
                     ax.set_ylabel("train variant")
+                    fig.subplots_adjust(bottom=0.22, left=0.2)
                     for i in range(len(variants)):
                         for j in range(len(variants)):
                             if np.isfinite(mat[i, j]):
@@ -544,9 +550,10 @@ def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, fail
             for _, r in cells.drop_duplicates(["cell", "signal"]).head(12).iterrows():
                 c = roc[(roc["cell"] == r["cell"]) & (roc["signal"] == r["signal"])]
                 if len(c):
-                    ax.plot(c["eps_s"], 1 / c["eps_b"], label=f"{r['model']} f={r['fraction']:g} {r['signal']}")
-                    ax.fill_between(c["eps_s"], 1 / c["eps_b"], 1 / c["eps_b"], alpha=0.2)
-                    ax.fill_betweenx(1 / c["eps_b"], c["eps_s_lo"], c["eps_s_hi"], alpha=0.2)
+                    params = "".join(f" {k.removeprefix('param_')}={r[k]:g}" if isinstance(r[k], float) else f" {k.removeprefix('param_')}={r[k]}"
+                                     for k in pcols)
+                    (line,) = ax.plot(c["eps_s"], 1 / c["eps_b"], label=f"{r['model']}{params} f={r['fraction']:g} {r['signal']}")
+                    ax.fill_betweenx(1 / c["eps_b"], c["eps_s_lo"], c["eps_s_hi"], alpha=0.2, color=line.get_color())
             ax.set_yscale("log")
             ax.set_xlabel("eps_S")
             ax.set_ylabel("1/eps_B (band: 16-84% bootstrap)")
