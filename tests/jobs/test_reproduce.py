@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jetscan.core.errors import ConfigError
@@ -126,3 +127,41 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
     pngs = list(out.glob(f"{preset}-*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     assert all(f"]({p.name})" in table for p in pngs)
+    if preset == "macaluso-shih":  # a second call reuses everything: no training, no evaluation
+        store = tmp_path / f"{preset}.zarr"
+        done = {p: p.stat().st_mtime_ns for p in [*store.glob("_runs/*/checkpoint.pt"), *store.glob("_results/*.parquet")]}
+        assert len(done) == 2
+        again = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert again.exit_code == 0, again.output
+        assert {p: p.stat().st_mtime_ns for p in done} == done
+        assert (out / f"{preset}.md").read_text().split("## Samples")[0].split("\n")[6:] == comparison.split("\n")[6:]
+
+
+def _ours(run, signal, value, std, n=(100, 100)):
+    return {"run": run, "signal": signal, "auc": value, "auc_std": std, "n_signal": n[0], "n_background": n[1],
+            "n_train_jets": 500}
+
+
+def test_compare_band_pull_verdict():
+    from jetscan.jobs.reproduce import compare
+
+    ref = {"id": "x", "runs": ("a",), "signal": "top", "metric": "auc", "value": 0.89, "range": None}
+    one = compare(ref, {"a": [_ours("a", "top", 0.85, 0.01), _ours("a", "gluino", 0.5, 0.01)]})
+    assert one["ours"] == 0.85 and one["band"] == 0.01
+    assert one["pull"] == pytest.approx(-4.0) and one["verdict"] == "differs"
+    assert one["our_size"] == "test 100 top + 100 bkg; train 500"
+    near = compare(ref, {"a": [_ours("a", "top", 0.875, 0.01)]})
+    assert near["pull"] == pytest.approx(-1.5) and near["verdict"] == "agrees"
+    # repeated trainings: the mean, the mean band in quadrature with the spread of the runs
+    rep = {**ref, "runs": ("a", "b")}
+    two = compare(rep, {"a": [_ours("a", "top", 0.80, 0.03)], "b": [_ours("b", "top", 0.84, 0.04)]})
+    assert two["ours"] == pytest.approx(0.82)
+    assert two["band"] == pytest.approx(math.hypot(math.sqrt((0.03**2 + 0.04**2) / 2), np.std([0.80, 0.84], ddof=1)))
+    assert two["our_size"].endswith("2 trainings")
+    # a published range: inside it the difference is 0; outside, measured from the nearer edge
+    rng = {**ref, "value": 0.785, "range": (0.78, 0.79)}
+    assert compare(rng, {"a": [_ours("a", "top", 0.783, 0.01)]})["pull"] == 0.0
+    assert compare(rng, {"a": [_ours("a", "top", 0.75, 0.01)]})["pull"] == pytest.approx(-3.0)
+    # no results for a run; no band (NaN std)
+    assert compare(ref, {})["verdict"] == "not run"
+    assert compare(ref, {"a": [_ours("a", "top", 0.8, float("nan"))]})["verdict"] == "no band"
