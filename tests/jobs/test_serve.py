@@ -543,8 +543,8 @@ def test_errors_are_json_without_traceback(study_store, tmp_path):
 def test_serve_refuses_no_auth_off_loopback_and_bad_stores(study_store, tmp_path):
     from jetscan.jobs.serve import parse_stores, serve
 
-    with pytest.raises(ConfigError, match="--no-auth on host '0.0.0.0'"):
-        serve([study_store], host="0.0.0.0", no_auth=True)
+    with pytest.raises(ConfigError, match="--no-auth on host '::'"):
+        serve([study_store], host="::", no_auth=True)
     with pytest.raises(ConfigError, match="no jetscan store there"):
         parse_stores([str(tmp_path / "missing.zarr")])
     with pytest.raises(ConfigError, match="two stores named 'study'"):
@@ -577,10 +577,10 @@ def test_serve_command_with_token_file(study_store, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     out = subprocess.run(
-        [sys.executable, "-m", "jetscan.jobs.cli", "serve", study_store, "--host", "0.0.0.0", "--no-auth"],
+        [sys.executable, "-m", "jetscan.jobs.cli", "serve", study_store, "--host", "::", "--no-auth"],
         capture_output=True, text=True, timeout=60,
     )
-    assert out.returncode == 2 and "--no-auth on host '0.0.0.0'" in out.stderr + out.stdout
+    assert out.returncode == 2 and "--no-auth on host '::'" in out.stderr + out.stdout
 
 
 # --------------------------------------------------------------------------------------
