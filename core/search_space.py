@@ -315,7 +315,7 @@ def check_search(name: str, search: SearchConfig, runs: Mapping[str, Any], sampl
             try:
                 run_cls.model_validate(apply_params(base, {path: value}))
             except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError: name the first problem
-                errors = getattr(exc, "errors", lambda: [{"msg": str(exc)}])()
+                errors = exc.errors() if hasattr(exc, "errors") else [{"msg": str(exc)}]
                 msg = errors[0]["msg"].removeprefix("Value error, ")
                 raise ValueError(f"{where}: value {value!r} is not valid for {path}: {msg}") from None
     for i, obj in enumerate(search.objectives):

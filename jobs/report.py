@@ -68,7 +68,7 @@ _STYLE_OVERRIDES = {
 # plotting helpers
 
 
-def _mpl():
+def mpl_parts():
     """matplotlib pieces and the style, imported on first use (Agg canvas, no pyplot)."""
     try:
         import matplotlib
@@ -90,7 +90,7 @@ def _mpl():
     return matplotlib, Figure, FigureCanvasAgg, LogNorm, style
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
 
 
@@ -134,7 +134,7 @@ def _ordered(result: dict) -> list[str]:
     return names + sorted(s for s in result.get("samples", {}) if s not in names)
 
 
-def _plot_roc(result, out, mpl) -> Path:
+def plot_roc(result, out, mpl) -> Path:
     _, Figure, Canvas, _, _ = mpl
     fig = Figure()
     ax = fig.add_subplot()
@@ -186,7 +186,7 @@ def _plot_scores(result, out, mpl) -> Path:
     return _save(fig, Canvas, out / "scores.png")
 
 
-def _plot_sculpting(result, out, mpl) -> Path:
+def plot_sculpting(result, out, mpl) -> Path:
     _, Figure, Canvas, _, _ = mpl
     mass = result["mass"]
     bins = np.asarray(mass["bins"])
@@ -257,7 +257,7 @@ def _plot_images(result, out, mpl) -> list[Path]:
             ax.set_title(titles[key])
             ax.set_xlabel("pixel")
         fig.suptitle(f"{result['run']}: {name}", fontsize="small")
-        paths.append(_save(fig, Canvas, out / f"images_{_safe(name)}.png"))
+        paths.append(_save(fig, Canvas, out / f"images_{safe_name(name)}.png"))
     return paths
 
 
@@ -294,15 +294,15 @@ def plot_run(result: dict, out_dir) -> list[Path]:
     Files: ``roc.png``, ``scores.png``, ``mass_sculpting.png``, ``mass_vs_score.png``,
     ``images_<sample>.png`` per sample with stored images, ``history.png`` if a history was stored.
     """
-    mpl = _mpl()
+    mpl = mpl_parts()
     matplotlib, _, _, _, style = mpl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with matplotlib.style.context(style):
         paths = [
-            _plot_roc(result, out, mpl),
+            plot_roc(result, out, mpl),
             _plot_scores(result, out, mpl),
-            _plot_sculpting(result, out, mpl),
+            plot_sculpting(result, out, mpl),
             _plot_mass_vs_score(result, out, mpl),
         ]
         paths += _plot_images(result, out, mpl)
@@ -409,7 +409,7 @@ def metrics_table(table: pa.Table, title: str | None = "evaluation results") -> 
 # --------------------------------------------------------------------------------------
 # the HTML report
 
-_CSS = """
+CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.5em 2em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
@@ -424,7 +424,16 @@ details { margin: 0.5em 0; }
 """
 
 
-def _html_table(headers: list[str], rows: list[list[str]], left: int = 3) -> str:
+def fmt_cell(v) -> str:
+    """A table cell: floats to 4 significant digits, NaN and None empty."""
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return "" if np.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def html_table(headers: list[str], rows: list[list[str]], left: int = 3) -> str:
     e = html.escape
     head = "".join(f'<th class="l">{e(h)}</th>' if i < left else f"<th>{e(h)}</th>" for i, h in enumerate(headers))
     body = "\n".join(
@@ -460,7 +469,7 @@ def write_report(store: str, study_name: str, out_dir) -> Path:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>jetscan report: {e(study_name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         f"<h1>jetscan evaluation report: {e(study_name)}</h1>",
         f'<p class="meta">store {e(str(store))} · {len(runs)} run(s) · written '
         f"{e(datetime.now(timezone.utc).isoformat(timespec='seconds'))}</p>",
@@ -469,7 +478,7 @@ def write_report(store: str, study_name: str, out_dir) -> Path:
         "on the whole test set ± the spread over 10 independent test subsamples. JSD: Jensen-Shannon divergence "
         "between the background mass shape after a score cut rejecting 50/80/95% of the background and the "
         "inclusive shape (0 = no sculpting, ln 2 = disjoint). Accuracy for taggers only (p(signal) &gt; 0.5).</p>",
-        _html_table(headers, rows),
+        html_table(headers, rows),
     ]
     searches = sorted(out.glob("search-*/index.html"))  # written by jetscan search into the same folder
     if searches:
@@ -483,12 +492,12 @@ def write_report(store: str, study_name: str, out_dir) -> Path:
             for p in scans) + "</ul>")
     for run in runs:
         result = res.read_run(store, run)
-        pngs = plot_run(result, out / "runs" / _safe(run))
+        pngs = plot_run(result, out / "runs" / safe_name(run))
         config_rows = [[str(k), _fmt_plain(v) if isinstance(v, float) else str(v)] for k, v in sorted(result["config"].items())]
-        parts.append(f'<h2 id="{e(_safe(run))}">{e(run)} <span class="meta">({e(result["kind"])}, '
+        parts.append(f'<h2 id="{e(safe_name(run))}">{e(run)} <span class="meta">({e(result["kind"])}, '
                      f'background {e(result["background"])}, signals {e(", ".join(result["signals"]))})</span></h2>')
         if config_rows:
-            parts.append("<details><summary>config</summary>" + _html_table(["key", "value"], config_rows, left=2) + "</details>")
+            parts.append("<details><summary>config</summary>" + html_table(["key", "value"], config_rows, left=2) + "</details>")
         imgs = []
         for p in pngs:
             rel = p.relative_to(out).as_posix()

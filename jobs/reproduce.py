@@ -294,7 +294,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
     from jetscan.jobs import report as rep
 
-    matplotlib, Figure, Canvas, _, _style = rep._mpl()
+    matplotlib, Figure, Canvas, _, _style = rep.mpl_parts()
     fig = Figure(figsize=(1.2 + 1.1 * len(rows), 3.2))
     ax = fig.add_subplot(111)
     x = np.arange(len(rows))
@@ -313,7 +313,7 @@ def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
     ax.legend(fontsize=7, loc="best")
     ax.tick_params(labelsize=7)
     fig.tight_layout()
-    path = out / f"{name}-{rep._safe(fig_id)}.png"
+    path = out / f"{name}-{rep.safe_name(fig_id)}.png"
     Canvas(fig)
     fig.savefig(path, dpi=80, format="png")
     return path

@@ -38,7 +38,6 @@ completes; the command then exits non-zero naming the failed cells.
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from jetscan.core.errors import ConfigError, RunnerError, StorageError
+from jetscan.core.errors import ConfigError, RunnerError
 from jetscan.core.scan_space import (
     NOMINAL,
     ScanConfig,
@@ -56,6 +55,7 @@ from jetscan.core.scan_space import (
     variant_study_data,
 )
 from jetscan.core.study import Study, settings_hash
+from jetscan.jobs import report
 
 __all__ = [
     "SCAN_DIR",
@@ -454,54 +454,7 @@ def study_bkg(plan: dict, run: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
-# report (its own small plotting helpers: a job imports no other job's module but the stages it runs)
-
-_DPI = 100
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.5em 2em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
-th { background: #f2f2f2; } td.l, th.l { text-align: left; }
-.plots { display: flex; flex-wrap: wrap; gap: 0.5em; } .plots img { max-width: 480px; height: auto; border: 1px solid #eee; }
-.meta { color: #666; font-size: 0.85em; }
-"""
-
-
-def _mpl():
-    """matplotlib (Agg canvas, no pyplot) and the CMS style of mplhep, as the study report uses."""
-    import sys
-
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.style
-    import mplhep
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    style = {**mplhep.style.CMS, "figure.figsize": (6.4, 5.0), "font.size": 13, "legend.fontsize": "x-small",
-             "savefig.bbox": None, "figure.subplot.left": 0.15, "figure.subplot.right": 0.96,
-             "figure.subplot.bottom": 0.13, "figure.subplot.top": 0.93}
-    return matplotlib, Figure, FigureCanvasAgg, style
-
-
-def _safe(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
-
-
-def _html_table(headers: list[str], rows: list[list[str]], left: int) -> str:
-    import html
-
-    e = html.escape
-    cls = lambda i: ' class="l"' if i < left else ""  # noqa: E731
-    head = "".join(f"<th{cls(i)}>{e(h)}</th>" for i, h in enumerate(headers))
-    body = "\n".join("<tr>" + "".join(f"<td{cls(i)}>{e(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
+# report (the study report's plotting and HTML helpers, jetscan.jobs.report)
 
 def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, failed: dict | None = None) -> Path:
     """``<out_dir>/scan-<name>/index.html`` with its PNGs and the band table."""
@@ -511,13 +464,13 @@ def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, fail
     table, bands, roc = agg["table"], agg["bands"], agg["roc"]
     out = Path(out_dir) / f"scan-{name}"
     out.mkdir(parents=True, exist_ok=True)
-    matplotlib, Figure, Canvas, style = _mpl()
+    matplotlib, Figure, Canvas, _, style = report.mpl_parts()
     pngs: list[tuple[str, Path]] = []
     pcols = [_param_column(k) for k in cfg.params]
 
     def save(fig, fname: str, caption: str) -> None:
         Canvas(fig)
-        fig.savefig(out / fname, dpi=_DPI, format="png")
+        fig.savefig(out / fname, dpi=report.DPI, format="png")
         pngs.append((caption, out / fname))
 
     diag = bands[bands["train_variant"] == bands["test_variant"]] if len(bands) else bands
@@ -586,7 +539,7 @@ def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, fail
                             if np.isfinite(mat[i, j]):
                                 ax.text(j, i, f"{mat[i, j]:.3g}", ha="center", va="center", color="w", fontsize="small")
                     tag = "_".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-                    save(fig, f"matrix_{metric}_{_safe(tag)}.png", f"systematics matrix: {label} ({tag})")
+                    save(fig, f"matrix_{metric}_{report.safe_name(tag)}.png", f"systematics matrix: {label} ({tag})")
         if len(roc):
             cells = table[(table["train_variant"] == NOMINAL) & (table["test_variant"] == NOMINAL) & (table["repeat"] == 0)]
             fig = Figure()
@@ -606,33 +559,21 @@ def write_scan_report(study: Study, name: str, agg: dict, out_dir: Path, *, fail
     e = html.escape
     show = ["model", *pcols, "fraction", "train_variant", "test_variant", "signal", "repeats",
             "auc_mean", "auc_sd", "e10_mean", "e10_sd", "e100_mean", "e100_sd", "inv_eb_at_0p3_mean", "jsd_50_mean", "fpr_at_cut_mean"]
-    body = [[_fmt(r[c]) for c in show] for _, r in bands.iterrows()] if len(bands) else []
+    body = [[report.fmt_cell(r[c]) for c in show] for _, r in bands.iterrows()] if len(bands) else []
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>scan {e(name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{report.CSS}</style></head><body>",
         f"<h1>jetscan scan {e(name)} <span class=\"meta\">(study {e(study.name)})</span></h1>",
         f"<p class=\"meta\">{len(table)} rows (cell x signal); tidy table: {e(SCAN_DIR)}/{e(name)}.parquet in the store</p>",
     ]
     if failed:
         parts.append("<h2>Failed</h2><ul>" + "".join(f"<li>{e(k)}: {e(o['error'])}</li>" for k, o in failed.items()) + "</ul>")
-    parts.append("<h2>Bands over repeats</h2>" + _html_table(show, body, left=len(show) - 10))
+    parts.append("<h2>Bands over repeats</h2>" + report.html_table(show, body, left=len(show) - 10))
     parts.append('<div class="plots">' + "\n".join(
         f'<a href="{e(p.name)}"><img src="{e(p.name)}" alt="{e(c)}" title="{e(c)}"></a>' for c, p in pngs) + "</div></body></html>")
     index = out / "index.html"
     index.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return index
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, (float, np.floating)):
-        return "" if np.isnan(v) else f"{v:.4g}"
-    return str(v)
-
-
-# --------------------------------------------------------------------------------------
-# command line
 
 
 def add_commands(app) -> None:

@@ -697,7 +697,7 @@ def write_search_report(study: Study, name: str, ostudy, out_dir: Path) -> Path:
     summary = search_summary(study, name, ostudy)
     out = Path(out_dir) / f"search-{name}"
     out.mkdir(parents=True, exist_ok=True)
-    matplotlib, Figure, Canvas, _, style = rep._mpl()
+    matplotlib, Figure, Canvas, _, style = rep.mpl_parts()
     pngs: list[tuple[str, Path]] = []
     notes: list[str] = []
     labels = summary["objectives"]
@@ -800,16 +800,16 @@ def write_search_report(study: Study, name: str, ostudy, out_dir: Path) -> Path:
     if best_run and best_run in results.list_runs(study.store):
         result = results.read_run(study.store, best_run)
         (out / "best").mkdir(exist_ok=True)
-        mpl = rep._mpl()
+        mpl = rep.mpl_parts()
         with matplotlib.style.context(style):
-            for p in (rep._plot_roc(result, out / "best", mpl), rep._plot_sculpting(result, out / "best", mpl)):
+            for p in (rep.plot_roc(result, out / "best", mpl), rep.plot_sculpting(result, out / "best", mpl)):
                 pngs.append((f"best trial ({best_run}): {p.stem}", p))
     e = html.escape
     headers = ["trial", "state", *cfg.params, *labels, "seconds", "run", "note"]
     body = []
     for r in summary["trials"]:
-        body.append([str(r["trial"]), r["state"], *[_fmt(r[k]) for k in cfg.params], *[_fmt(r[k]) for k in labels],
-                     _fmt(r["seconds"]), r["run"], r["note"]])
+        body.append([str(r["trial"]), r["state"], *[rep.fmt_cell(r[k]) for k in cfg.params], *[rep.fmt_cell(r[k]) for k in labels],
+                     rep.fmt_cell(r["seconds"]), r["run"], r["note"]])
     best_lines = "".join(
         f"<li>trial {b['trial']}: {e(json.dumps(b['params']))} -> {e(', '.join(f'{l} {v:.4g}' for l, v in zip(labels, b['values'])))}</li>"
         for b in summary["best"]
@@ -817,7 +817,7 @@ def write_search_report(study: Study, name: str, ostudy, out_dir: Path) -> Path:
     knee = summary.get("knee_bottleneck")
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>search {e(name)}</title>",
-        f"<style>{rep._CSS}</style></head><body>",
+        f"<style>{rep.CSS}</style></head><body>",
         f"<h1>jetscan search {e(name)} <span class=\"meta\">(study {e(study.name)}, run {e(cfg.run)})</span></h1>",
         f"<p class=\"meta\">{e(json.dumps(summary['counts']))}; sampler {cfg.sampler_name}, pruner {cfg.pruner}</p>",
         f"<h2>Best ({'Pareto front' if len(labels) > 1 else 'supervised' if labels != ['val_loss'] else 'lowest validation loss'})</h2><ul>{best_lines}</ul>",
@@ -828,21 +828,13 @@ def write_search_report(study: Study, name: str, ostudy, out_dir: Path) -> Path:
                      f"; supervised (highest AUC): "
                      f"{e(', '.join(f'{b} against {sig}' for sig, b in summary.get('auc_best_bottleneck', {}).items()) or 'no AUC')}</p>")
     parts += [f"<p class=\"meta\">{n}</p>" for n in notes]
-    parts.append("<h2>Trials</h2>" + rep._html_table(headers, body, left=2))
+    parts.append("<h2>Trials</h2>" + rep.html_table(headers, body, left=2))
     parts.append('<div class="plots">' + "\n".join(
         f'<a href="{e(p.relative_to(out).as_posix())}"><img src="{e(p.relative_to(out).as_posix())}" alt="{e(c)}" title="{e(c)}"></a>'
         for c, p in pngs) + "</div></body></html>")
     index = out / "index.html"
     index.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return index
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 # --------------------------------------------------------------------------------------

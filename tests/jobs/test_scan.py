@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from jetscan.core.study import Study
 from jetscan.jobs.scan import SCAN_DIR, plan_scan, scan
 from jetscan.storage import blobs
 from jetscan.storage.results import read_results, read_run

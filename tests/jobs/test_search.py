@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 
 from jetscan.core.study import Study
