@@ -121,9 +121,9 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
     from jetscan.storage import blobs, catalog, integrity
     from jetscan.storage.reader import read_jets
     from jetscan.storage.results import read_results
-    from tests.jobs.test_s3 import start_moto
+    from jetscan.storage.s3local import start_s3_server
 
-    moto, endpoint = start_moto()
+    moto, endpoint = start_s3_server()
     secret = "jetscan-cluster-secret-5e1a"
     creds = {
         "AWS_ACCESS_KEY_ID": "jetscan-test-key", "AWS_SECRET_ACCESS_KEY": secret,

@@ -8,16 +8,12 @@ while the re-run completes the store bit-identically.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 
 from jetscan.core.errors import ConfigError
 from jetscan.core.study import Study
+from jetscan.storage.s3local import start_s3_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.pythia]
 
@@ -25,38 +21,11 @@ SECRET = "jetscan-test-secret-9f3c1d"
 BUCKET = "jetscan-s3-test"
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    """moto's S3 server (ThreadedMotoServer) on a free loopback port, in its own process so that
-    its request handling does not share this process's GIL with the stages; returns (process,
-    endpoint URL)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    code = (
-        "import logging, time; logging.disable(logging.INFO)\n"
-        "from moto.server import ThreadedMotoServer\n"
-        f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False); s.start()\n"
-        "time.sleep(3600)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto's S3 server did not start")
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     pytest.importorskip("s3fs")
     pytest.importorskip("moto")
-    proc, endpoint = start_moto()
+    proc, endpoint = start_s3_server()
     try:
         with pytest.MonkeyPatch.context() as mp:
             # credentials from the environment only (what a cloud node's role or a user's shell gives)

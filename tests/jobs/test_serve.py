@@ -136,19 +136,19 @@ def moto_s3(study_store):
     """A moto S3 server on loopback holding a copy of the study store at s3://jetscan/study.zarr."""
     pytest.importorskip("moto")
     s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
+    from jetscan.storage.s3local import start_s3_server
 
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    moto, endpoint = start_s3_server()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
     fs = s3fs.S3FileSystem(**options)
     fs.mkdir("jetscan")
     fs.put(study_store, "jetscan/study.zarr", recursive=True)
-    yield {"url": "s3://jetscan/study.zarr", "options": options, "env": env}
-    moto.stop()
+    try:
+        yield {"url": "s3://jetscan/study.zarr", "options": options, "env": env}
+    finally:
+        moto.kill()
+        moto.wait()
 
 
 def _same(a: pa.Table, b: pa.Table) -> bool:
