@@ -35,6 +35,33 @@ def make_study(store, *, samples=None, shard_jets=50, seed=7, **overrides):
     return Study.from_dict(data)
 
 
+def _forget_object_store_clients() -> None:
+    """Drop s3fs's cached filesystems and the storage options jetscan put into fsspec's config.
+
+    s3fs keeps one filesystem per set of arguments, and botocore reads ``AWS_ENDPOINT_URL`` when
+    it makes its client: a module that starts its own local S3 server must not be handed a
+    client (or options) pointing at an earlier module's server, stopped since."""
+    import sys
+
+    if "s3fs" in sys.modules:
+        sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
+    if "jetscan.storage.blobs" in sys.modules:
+        import fsspec.config
+
+        applied = sys.modules["jetscan.storage.blobs"]._APPLIED
+        for proto in list(applied):
+            fsspec.config.conf.pop(proto, None)
+            applied.pop(proto)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fresh_object_store_clients():
+    """Every test module starts and ends without object-store clients of another module's."""
+    _forget_object_store_clients()
+    yield
+    _forget_object_store_clients()
+
+
 @pytest.fixture(name="make_study")
 def make_study_fixture():
     """``make_study(store, samples=..., shard_jets=..., seed=...)``: a valid small study."""

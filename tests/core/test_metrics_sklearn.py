@@ -32,7 +32,9 @@ TOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def evaluated(pythia_store, ray_local):
+def evaluated(pythia_store, ray_local, tmp_path_factory):
+    import shutil
+
     from jetscan.core.study import Study
     from jetscan.jobs.evaluate import evaluate
     from jetscan.jobs.preprocess import preprocess
@@ -40,6 +42,9 @@ def evaluated(pythia_store, ray_local):
 
     preprocess(pythia_store, workers=2, representations=["heimel40"])
     data = pythia_store.model_dump(mode="json")
+    # a copy of the session's jets: this run's results stay out of the shared store's results table
+    data["store"] = str(tmp_path_factory.mktemp("sklearn") / "store.zarr")
+    shutil.copytree(pythia_store.store, data["store"], ignore=shutil.ignore_patterns("_runs", "_results", "results"))
     data["train"] = {"runs": {"sk_pca": {"model": "pca", "samples": ["qcd"], "hyper": {"bottleneck": 6}}}, "threads": 2}
     study = Study.from_dict(data)
     train(study, "sk_pca")

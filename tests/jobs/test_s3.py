@@ -38,13 +38,6 @@ def s3(tmp_path_factory):
             fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
             fs.mkdir(BUCKET)
             yield {"endpoint": endpoint, "fs": fs}
-        import fsspec.config
-
-        from jetscan.storage import blobs
-
-        for proto in list(blobs._APPLIED):
-            fsspec.config.conf.pop(proto, None)
-            blobs._APPLIED.pop(proto)
     finally:
         proc.kill()
         proc.wait(timeout=30)
