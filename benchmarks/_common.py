@@ -95,3 +95,20 @@ def append_result(result: dict, *, quick: bool = False) -> None:
             "cores": os.cpu_count()}
     with open(RESULTS, "a") as f:
         f.write(json.dumps({**state, **result, "load_avg": load}) + "\n")
+
+
+def store_study(store: str, name: str) -> dict:
+    """A minimal study (dict) describing an existing store, from its samples' settings attrs,
+    with heimel40 images to preprocess."""
+    import zarr
+
+    root = zarr.open_group(store, mode="r")
+    settings = root[next(iter(root.attrs["samples"]))].attrs["settings"]
+    samples = {}
+    for sample in root.attrs["samples"]:
+        s = dict(root[sample].attrs["settings"]["sample"])
+        s.pop("name")
+        samples[sample] = s
+    keys = ("seed", "sqrt_s_gev", "jet", "detector", "generation")
+    return {"name": name, "store": store, **{k: settings[k] for k in keys}, "samples": samples,
+            "preprocess": {"representations": ["heimel40"]}}

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import append_result, cpu_device
+from _common import append_result, cpu_device, store_study
 from jetscan.cluster.launch import launch_local
 from jetscan.core.study import Study
 from jetscan.jobs.preprocess import preprocess
@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cores = os.cpu_count() or 1
-    src = Study.from_dict({**_store_study(args.store)})
+    src = Study.from_dict(store_study(args.store, "bench-distributed"))
     tmp = Path(tempfile.mkdtemp(prefix="jetscan-dist-"))
     results = {}
     for n in (1, args.np):
@@ -96,31 +96,6 @@ def main() -> None:
         "model": args.model, "backend": args.backend, "np": args.np, "results": results,
         "ratio_train_loop": loop, "ratio_wall_with_startup": wall,
     })
-
-
-def _store_study(store: str) -> dict:
-    """A minimal study describing an existing store (its samples' settings are in its attrs)."""
-    import zarr
-
-    root = zarr.open_group(store, mode="r")
-    first = next(iter(root.attrs["samples"]))
-    settings = root[first].attrs["settings"]
-    samples = {}
-    for name in root.attrs["samples"]:
-        s = dict(root[name].attrs["settings"]["sample"])
-        s.pop("name")
-        samples[name] = s
-    return {
-        "name": "bench-distributed",
-        "store": store,
-        "seed": settings["seed"],
-        "sqrt_s_gev": settings["sqrt_s_gev"],
-        "jet": settings["jet"],
-        "detector": settings["detector"],
-        "generation": settings["generation"],
-        "samples": samples,
-        "preprocess": {"representations": ["heimel40"]},
-    }
 
 
 if __name__ == "__main__":

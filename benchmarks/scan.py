@@ -52,19 +52,7 @@ def make_study(store: str | None, tmp: Path, epochs: int, cells: int, jets: int)
     runs = {"dense": {"model": "dense_ae", "samples": ["qcd"], "epochs": epochs, "optimizer": "adam"}}
     scan = {"bench": {"runs": ["dense"], "repeats": cells}}
     if store:
-        import zarr
-
-        root = zarr.open_group(store, mode="r")
-        first = next(iter(root.attrs["samples"]))
-        settings = root[first].attrs["settings"]
-        samples = {}
-        for name in root.attrs["samples"]:
-            s = dict(root[name].attrs["settings"]["sample"])
-            s.pop("name")
-            samples[name] = s
-        data = {"name": "bench-scan", "store": store, "seed": settings["seed"], "sqrt_s_gev": settings["sqrt_s_gev"],
-                "jet": settings["jet"], "detector": settings["detector"], "generation": settings["generation"],
-                "samples": samples}
+        data = _common.store_study(store, "bench-scan")
     else:
         data = {"name": "bench-scan", "store": str(tmp / "base.zarr"), "seed": 5, "sqrt_s_gev": 13000.0,
                 "jet": {"r": 0.8, "pt_window_gev": [800.0, 900.0], "abs_eta_max": 1.0, "max_constituents": 120},

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from _common import append_result, cpu_device
-from distributed import _store_study
+from _common import store_study
 from jetscan.core.study import Study
 from jetscan.jobs.preprocess import preprocess
 
@@ -130,7 +130,7 @@ def main() -> None:
     from jetscan.jobs.search import _load, default_storage, open_storage, search, trial_run_name
 
     cores = os.cpu_count() or 1
-    src = _store_study(args.store)
+    src = store_study(args.store, "bench-search")
     tmp = Path(tempfile.mkdtemp(prefix="jetscan-search-bench-"))
     base = str(tmp / "base.zarr")
     shutil.copytree(args.store, base, ignore=shutil.ignore_patterns("_runs", "_results", "results", "_search"))

@@ -197,26 +197,11 @@ def filter_table(table: pa.Table, query: str | None = None, columns: list[str] |
 # encodings
 
 
-_NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
-
-
-def json_safe(value: Any) -> Any:
-    """Values as strict JSON: numpy scalars and arrays as Python, non-finite floats as strings."""
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+json_safe = res.json_safe  # one strict-JSON rule for zarr attrs and the served API
 
 
 def _floats(values: list) -> np.ndarray:
-    return np.asarray([_NONFINITE.get(v, v) if isinstance(v, str) else v for v in values], dtype=np.float64)
+    return np.asarray([res.NONFINITE.get(v, v) if isinstance(v, str) else v for v in values], dtype=np.float64)
 
 
 def table_to_ipc(table: pa.Table) -> bytes:

@@ -317,24 +317,27 @@ def _open_root(store: str, mode: str) -> zarr.Group:
 # JSON-safe attrs
 
 
-def _json_safe(value: Any) -> Any:
-    """zarr attrs are JSON: store non-finite floats as the zarr v3 spec's strings."""
-    if isinstance(value, np.generic):
+def json_safe(value: Any) -> Any:
+    """Values as strict JSON (zarr attrs, the served API): numpy scalars and arrays as Python,
+    non-finite floats as the zarr v3 spec's strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-_NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
 def _float_back(value: Any) -> Any:
-    return _NONFINITE.get(value, value) if isinstance(value, str) else value
+    return NONFINITE.get(value, value) if isinstance(value, str) else value
 
 
 # --------------------------------------------------------------------------------------
@@ -443,7 +446,7 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
             f = _keep(r)
             arr = _array(group, f"mass/reject_{r}", sculpt["selected"][f], "float64")
             arr.attrs.update(
-                _json_safe({"jsd": sculpt["jsd"][f], "threshold": sculpt["thresholds"][f], "keep_fraction": f, "rejection": r / 100.0})
+                json_safe({"jsd": sculpt["jsd"][f], "threshold": sculpt["thresholds"][f], "keep_fraction": f, "rejection": r / 100.0})
             )
 
         for name, arrays in samples.items():
@@ -473,7 +476,7 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
                 _array(group, f"images/{name}/error", np.abs(inp - rec), "float32")
 
         group.attrs.update(
-            _json_safe(
+            json_safe(
                 {
                     "run": run,
                     "study": str(evaluation["study"]),
