@@ -305,6 +305,7 @@ def cell_study_data(
 
     base = copy.deepcopy(dict(data))
     cfg = apply_params(base["train"]["runs"][run], params)
+    cfg.pop("contamination", None)  # the cell's fraction of the scan's signal, not the run's own mix
     if fraction > 0:
         base.setdefault("data", {})["contamination"] = {"signal": scan.signal, "fraction": fraction}
         cfg["contaminated"] = True

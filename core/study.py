@@ -317,6 +317,12 @@ class RunConfig(_Frozen):
     representation: str | None = Field(None, description="default: the model's own input preset")
     samples: tuple[str, ...] = Field(description="training samples (background only for autoencoders)")
     contaminated: bool = Field(False, description="mix data.contamination's signal into the training set")
+    contamination: ContaminationConfig | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # absent: the dumps and run hashes of every other run stay as they were
+        description="this run's own signal mix, in place of data.contamination (e.g. Farina et al.'s bump hunt: "
+        "gluinos at 1e-3 in a study whose data.contamination is tops); needs contaminated: true",
+    )
     epochs: int = Field(10, ge=1, le=10_000)
     patience: int = Field(10, ge=1, le=10_000, description="early stopping: epochs without improvement")
     batch_size: int | None = Field(None, ge=1, le=1_000_000, description="default: the paper's")
@@ -428,8 +434,22 @@ class Study(_Frozen):
                     f"train.runs.{name}.representation: {run.representation!r} is not in "
                     f"preprocess.representations ({', '.join(self.preprocess.representations)})"
                 )
-            if run.contaminated and c is None:
-                raise ValueError(f"train.runs.{name}.contaminated: needs data.contamination (signal, fraction)")
+            own = run.contamination
+            if run.contaminated and c is None and own is None:
+                raise ValueError(
+                    f"train.runs.{name}.contaminated: needs data.contamination or the run's own contamination "
+                    "(signal, fraction)"
+                )
+            if own is not None and not run.contaminated:
+                raise ValueError(
+                    f"train.runs.{name}.contamination: set contaminated: true as well (the run mixes "
+                    f"{own.signal!r} in), or drop contamination"
+                )
+            if own is not None and (own.signal not in self.samples or own.signal in run.samples):
+                raise ValueError(
+                    f"train.runs.{name}.contamination.signal: {own.signal!r} must be a sample of the study and not "
+                    f"one of the run's training samples; samples: {', '.join(self.samples)}"
+                )
         return self
 
     @model_validator(mode="after")
@@ -455,6 +475,15 @@ class Study(_Frozen):
             raise ConfigError(
                 f"train.runs: no run named {name!r}; runs: {', '.join(self.train.runs) or 'none'}"
             ) from None
+
+    def for_run(self, name: str) -> Study:
+        """The study as run ``name`` trains on it: the run's own ``contamination``, if it has one, in
+        place of ``data.contamination`` (where the loader, the run's settings hash and its results
+        read it); otherwise the study itself."""
+        own = self.run(name).contamination
+        if own is None:
+            return self
+        return self.model_copy(update={"data": self.data.model_copy(update={"contamination": own})})
 
     def representation(self, name: str) -> RepresentationConfig:
         try:

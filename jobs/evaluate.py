@@ -115,6 +115,7 @@ def flat_config(study: Study, run: str, ckpt: dict) -> dict:
 
 def evaluation_for(study: Study, run: str) -> dict:
     """Score a finished run on the test split: the mapping :mod:`jetscan.storage.results` takes."""
+    study = study.for_run(run)  # a run's own contamination (its results' contamination columns)
     module, info, ckpt = load_trained(study, run, use_device(study.train.device))
     cfg = study.run(run)
     representation = cfg.representation or info.representation

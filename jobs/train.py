@@ -51,6 +51,7 @@ def checkpoint_path(run: str) -> str:
 
 def run_settings(study: Study, run: str) -> dict:
     """Everything that determines a run's weights (its checkpoint is refused if this changes)."""
+    study = study.for_run(run)  # a run's own contamination replaces data.contamination
     cfg = study.run(run)
     config = cfg.model_dump(mode="json")
     for key, default in (("lr_scaling", "none"), ("warmup_epochs", 0.0)):
@@ -111,6 +112,7 @@ def _seed(study: Study, run: str) -> int:
 def prepare(study: Study, run: str, comm: Comm | None = None, *, on_the_fly: bool | None = None) -> Prepared:
     """Check everything a run needs and build its model and data streams (no training)."""
     comm = comm or make_comm()
+    study = study.for_run(run)  # a run's own contamination replaces data.contamination
     cfg = study.run(run)
     torch.manual_seed(_seed(study, run))
     module, info = build_model(cfg.model, **cfg.hyper)  # ConfigError naming a bad hyperparameter
