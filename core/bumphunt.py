@@ -43,6 +43,8 @@ DEFAULT_REJECTION = 1000.0
 DEFAULT_COVERAGE = 0.68
 #: fewer sideband jets than this cannot pin down a falling shape
 MIN_SIDEBAND_JETS = 10
+#: default sidebands: this many window widths either side (few jets survive a 1000x cut)
+SIDEBAND_WIDTHS = 2.0
 _SUB_BINS = 32
 
 
@@ -152,7 +154,7 @@ def sideband_fit(
 
     ``mass_gev``: the masses of the selected jets (signal and background alike: the fit never
     sees labels). ``sidebands_gev``: (low, high) of the fitted range around the window (default:
-    one window width each side). Bins are one ``(hi - lo) / n_window_bins`` wide. The model is
+    ``SIDEBAND_WIDTHS`` window widths each side, cut at 0 GeV). Bins are one ``(hi - lo) / n_window_bins`` wide. The model is
     a density ``exp(theta_0 + theta_1 x + ... + theta_degree x^degree)`` per GeV in the scaled
     mass ``x`` (``degree`` 1: an exponential), fitted by binned Poisson maximum likelihood to the
     sideband bins only.
@@ -160,13 +162,17 @@ def sideband_fit(
     Returns ``{"window_gev", "sidebands_gev", "edges_gev", "counts", "expected" (per bin, window
     bins included), "in_window" (bool per bin), "theta", "covariance", "n_sideband", "observed"
     (jets in the window), "b_fit", "b_fit_err" (from the fit's covariance), "s_fit", "s_fit_err"
-    (sqrt(observed + b_fit_err^2)), "chi2", "ndf" (sideband bins)}``."""
+    (sqrt(observed + b_fit_err^2)), "chi2" (Baker-Cousins: the Poisson likelihood ratio), "ndf"
+    (sideband bins less parameters)}``."""
     mass_gev = np.asarray(mass_gev, dtype=np.float64)
     if mass_gev.ndim != 1 or not len(mass_gev):
         raise ConfigError("bump hunt: no jets passed to the sideband fit")
     lo, hi = _check_window(window_gev, mass_gev, on_data=False)
     width = hi - lo
-    sb_lo, sb_hi = (lo - width, hi + width) if sidebands_gev is None else (float(x) for x in sidebands_gev)
+    if sidebands_gev is None:
+        sb_lo, sb_hi = max(0.0, lo - SIDEBAND_WIDTHS * width), hi + SIDEBAND_WIDTHS * width
+    else:
+        sb_lo, sb_hi = (float(x) for x in sidebands_gev)
     if not sb_lo < lo or not sb_hi > hi:
         raise ConfigError(
             f"bump hunt: sidebands ({sb_lo:g}, {sb_hi:g}) GeV must reach past the window ({lo:g}, {hi:g}) on both sides"
@@ -229,7 +235,8 @@ def sideband_fit(
     b_err = float(math.sqrt(max(g @ cov @ g, 0.0)))
     observed = int(counts[in_window].sum())
     s_fit = observed - b_fit
-    chi2 = float(np.sum((y - mu_side) ** 2 / np.maximum(mu_side, 1e-12)))
+    # Baker-Cousins chi2 (the Poisson likelihood ratio to a perfect fit): sound for bins of few jets
+    chi2 = float(2.0 * np.sum(mu_side - y + np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0) / mu_side), 0.0)))
     return {
         "window_gev": (lo, hi), "sidebands_gev": (float(sb_lo), float(sb_hi)), "edges_gev": edges, "counts": counts,
         "expected": expected, "in_window": in_window, "theta": theta, "covariance": cov, "degree": int(degree),

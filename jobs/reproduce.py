@@ -21,6 +21,14 @@ The whole story of the command:
    band combined in quadrature with the spread of the runs), the difference in units of the band,
    a verdict (``agrees`` within 2 bands, else ``differs``), the sample sizes and notes. Written by
    the command only, never by hand.
+5. A reference row on S/B in a mass window (``s_over_b_before`` / ``s_over_b_after``: Farina,
+   Nakai & Shih sec. 6) makes a bump hunt (:mod:`jetscan.core.bumphunt`) on its run's stored test
+   scores: the run must be trained with that signal mixed in (its own ``contamination``); the
+   "data" is every test background jet plus as many test signal jets as the same fraction gives
+   (at least one), drawn with the study's seed; the window holds the central 68 % of all test
+   signal jets; the loss cut rejects the background 1000x (its quantile, truth labels); the band
+   is the Poisson uncertainty of S/B. The notes carry the sideband fit after the cut (B_fit,
+   S_fit) and a PNG shows the mass spectra before and after the cut with the fit.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import copy
 import datetime as _dt
 import math
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -46,7 +55,10 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "studies"
 AGREE_BANDS = 2.0
 MIN_SHRUNK_JETS = 50
 METRIC_NAMES = {"auc": "AUC", "inv_eb_at_0p3": "1/eps_B at eps_S = 0.3", "e10": "E10", "e100": "E100",
-                "accuracy": "accuracy"}
+                "accuracy": "accuracy", "s_over_b_before": "S/B in the mass window, no cut",
+                "s_over_b_after": "S/B in the mass window, after the loss cut"}
+#: metrics a bump hunt on the run's test scores makes (Farina et al. sec. 6)
+BUMP_METRICS = ("s_over_b_before", "s_over_b_after")
 
 
 def presets() -> list[str]:
@@ -258,14 +270,140 @@ def reproduce(
     for run in needed:
         rows_by_run[run] = _evaluate_run(study, run)
     timings["evaluate"] = time.perf_counter() - t
-    compared = [compare(ref, rows_by_run) for ref in reference_rows(name)]
+    refs = reference_rows(name)
+    bump_pngs, bump_notes = [], {}
+    for run, signal in dict.fromkeys((r, ref["signal"]) for ref in refs if ref["metric"] in BUMP_METRICS
+                                     for r in ref["runs"] if r in needed):
+        echo(f"{name}: bump hunt on {run} ({signal})")
+        hunt = _bump_hunt(study, run, signal)
+        rows_by_run[run] = _with_bump_hunt(rows_by_run[run], signal, hunt)
+        bump_notes[(run, signal)] = hunt["note"]
+        if hunt.get("result") is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            bump_pngs.append(_plot_bump_hunt(name, run, signal, hunt, Path(out_dir)))
+    compared = [compare(ref, rows_by_run) for ref in refs]
+    for c in compared:
+        if c["metric"] in BUMP_METRICS and (c["runs"][0], c["signal"]) in bump_notes:
+            c["note"] = "; ".join(x for x in (c.get("note"), bump_notes[(c["runs"][0], c["signal"])]) if x)
     if runs:
         compared = [c for c in compared if all(r in needed for r in c["runs"])]
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
-    table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings)
+    table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings,
+                              extra_pngs=bump_pngs)
     echo(f"{name}: {table}")
     return {"preset": name, "study": study, "rows": compared, "table": table, "pngs": pngs, "seconds": seconds}
+
+
+def _bump_hunt(study: Study, run: str, signal: str) -> dict:
+    """Farina et al.'s bump hunt on ``run``'s stored test scores (module docstring, step 5).
+
+    Returns ``{"result"`` (:func:`jetscan.core.bumphunt.bump_hunt`'s dict, or None where the
+    sample allows none), ``"mass", "score", "label"`` (the mixed sample), ``"n_signal",
+    "n_background", "note"}``."""
+    from jetscan.core import bumphunt
+    from jetscan.core.scan_space import contamination_needs
+    from jetscan.storage import results
+
+    cfg = study.for_run(run)
+    c = cfg.data.contamination if cfg.run(run).contaminated else None
+    if c is None or c.signal != signal:
+        raise ConfigError(
+            f"reproduce: the bump hunt of run {run!r} needs it trained on background with {signal!r} mixed in: "
+            f"give the run contaminated: true and contamination: {{signal: {signal}, fraction: 0.001}}"
+        )
+    stored = results.read_run(study.store, run)
+    bkg, sig = stored["samples"][stored["background"]], stored["samples"][signal]
+    n_bkg, n_avail = len(bkg["score"]), len(sig["score"])
+    n_sig = min(n_avail, max(1, contamination_needs(n_bkg, c.fraction)))
+    rng = np.random.default_rng([study.seed % 2**63, zlib.crc32(f"bumphunt/{run}/{signal}".encode())])
+    pick = np.sort(rng.choice(n_avail, size=n_sig, replace=False)) if n_avail else np.zeros(0, np.int64)
+    mass = np.r_[bkg["mass"], sig["mass"][pick]].astype(np.float64)
+    score = np.r_[bkg["score"], sig["score"][pick]]
+    label = np.r_[np.zeros(n_bkg, np.int64), np.ones(n_sig, np.int64)]
+    mix = (f"test 'data': all {n_bkg} test {stored['background']} + {n_sig} of the {n_avail} test {signal} jets "
+           f"(the training fraction {c.fraction:g}{'; at least one' if n_sig > contamination_needs(n_bkg, c.fraction) else ''})")
+    out = {"result": None, "mass": mass, "score": score, "label": label, "n_signal": n_sig, "n_background": n_bkg}
+    try:
+        window = bumphunt.signal_window(sig["mass"])  # all test signal jets place the window
+        try:
+            result = bumphunt.bump_hunt(mass, score, label, window_gev=window)
+            fit_note = ""
+        except ConfigError as exc:  # the sideband fit after the cut needs more jets than the sample has
+            result = bumphunt.bump_hunt(mass, score, label, window_gev=window, fit=False)
+            fit_note = f"no sideband fit: {str(exc).removeprefix('bump hunt: ')}"
+    except ConfigError as exc:
+        out["note"] = f"{mix}; no bump hunt: {str(exc).removeprefix('bump hunt: ')}"
+        return out
+    lo, hi = result["window_gev"]
+    b, a = result["before"], result["after"]
+    note = [mix, f"window {lo:.0f}-{hi:.0f} GeV (the central 68% of the test {signal} masses)",
+            f"loss cut at {result['rejection']:g}x {stored['background']} rejection (its loss quantile, truth labels) "
+            f"keeps {result['background_kept']:.2g} of {stored['background']}, {result['signal_kept']:.2g} of {signal}",
+            f"in the window S / B = {b['s']} / {b['b']} before, {a['s']} / {a['b']} after; band: Poisson"]
+    fit = result["fit"]
+    if fit is not None:
+        note.append(f"sideband fit after the cut (exp, {fit['sidebands_gev'][0]:.0f}-{fit['sidebands_gev'][1]:.0f} GeV, "
+                    f"chi2/ndf {fit['chi2']:.1f}/{fit['ndf']}): B_fit = {fit['b_fit']:.1f} +- {fit['b_fit_err']:.1f}, "
+                    f"S_fit = {fit['s_fit']:.1f} +- {fit['s_fit_err']:.1f} (observed {fit['observed']})")
+    if fit_note:
+        note.append(fit_note)
+    out.update(result=result, note="; ".join(note))
+    return out
+
+
+def _with_bump_hunt(rows: list[dict], signal: str, hunt: dict) -> list[dict]:
+    """The run's result rows with the bump hunt's S/B (and its Poisson band) on ``signal``'s row."""
+    res = hunt["result"]
+    out = []
+    for row in rows:
+        if row.get("signal") == signal:
+            row = {**row, "n_signal": hunt["n_signal"], "n_background": hunt["n_background"]}
+            for metric, key in zip(BUMP_METRICS, ("before", "after")):
+                row[metric] = res[key]["s_over_b"] if res else float("nan")
+                row[f"{metric}_std"] = res[key]["s_over_b_err"] if res else float("nan")
+        out.append(row)
+    return out
+
+
+def _plot_bump_hunt(name: str, run: str, signal: str, hunt: dict, out: Path) -> Path:
+    """Jet-mass spectra of the mixed test sample before and after the loss cut, the window and the sideband fit."""
+    from jetscan.core.bumphunt import fitted_counts
+    from jetscan.jobs import report as rep
+
+    matplotlib, Figure, Canvas, _, _style = rep.mpl_parts()
+    res, mass, label = hunt["result"], hunt["mass"], hunt["label"].astype(bool)
+    lo, hi = res["window_gev"]
+    keep = hunt["score"] > res["threshold"]
+    top = max(float(np.quantile(mass, 0.999)), hi + 2 * (hi - lo))
+    edges = np.linspace(0.0, top, 61)
+    fig = Figure(figsize=(8.0, 3.2))
+    for i, (sel, title, fit) in enumerate(((np.ones_like(keep), "no cut", res["fit_before"]),
+                                          (keep, f"loss cut: {res['rejection']:g}x QCD rejection", res["fit"]))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.hist([mass[sel & ~label], mass[sel & label]], bins=edges, stacked=True, histtype="stepfilled",
+                color=["tab:blue", "tab:orange"], alpha=0.7, label=["background", signal])
+        ax.axvspan(lo, hi, color="grey", alpha=0.15, label="window")
+        if fit is not None:
+            a, b = fit["sidebands_gev"]
+            fine = np.linspace(a, b, 41)
+            scale = (edges[1] - edges[0]) / (fine[1] - fine[0])
+            ax.plot(0.5 * (fine[1:] + fine[:-1]), fitted_counts(fit, fine) * scale, color="black", lw=1.2,
+                    label=f"sideband fit: S_fit = {fit['s_fit']:.0f} +- {fit['s_fit_err']:.0f}")
+        w = res["before" if i == 0 else "after"]
+        ax.set_title(f"{title}: S/B = {w['s']}/{w['b']}", fontsize=8)
+        ax.set_xlabel("jet mass [GeV]", fontsize=8)
+        ax.set_ylabel("jets / bin", fontsize=8)
+        if i == 0:
+            ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(f"{name}: bump hunt on {run} (sec. 6)", fontsize=9)
+    fig.tight_layout()
+    path = out / f"{name}-{rep.safe_name(f'bump-hunt-mass-{run}')}.png"
+    Canvas(fig)
+    fig.savefig(path, dpi=80, format="png")
+    return path
 
 
 def _model_representation(study: Study, run: str) -> str:
@@ -320,10 +458,10 @@ def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
 
 
 def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink: float | None = None,
-                timings: dict | None = None) -> tuple[Path, list[Path]]:
-    """``<out>/<name>.md`` and ``<out>/<name>-<figure>.png``; returns their paths."""
+                timings: dict | None = None, extra_pngs: Iterable[Path] = ()) -> tuple[Path, list[Path]]:
+    """``<out>/<name>.md`` and ``<out>/<name>-<figure>.png`` (and ``extra_pngs``, drawn before); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    pngs = []
+    pngs = list(extra_pngs)
     for fig_id in dict.fromkeys(r["id"] for r in rows):
         group = [r for r in rows if r["id"] == fig_id and math.isfinite(r["ours"])]
         if group:

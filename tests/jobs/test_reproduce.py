@@ -13,11 +13,11 @@ import pytest
 from jetscan.core.errors import ConfigError
 from jetscan.core.reference import REFERENCE
 from jetscan.core.study import Study
-from jetscan.jobs.reproduce import PRESETS_DIR, load_preset, presets, shrink_study_data
+from jetscan.jobs.reproduce import BUMP_METRICS, PRESETS_DIR, load_preset, presets, shrink_study_data
 
 SEED_PHYSICS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "seed-physics.md"
 ALL = ["heimel-top", "farina", "heimel-scalar", "heimel-dark", "macaluso-shih", "macaluso-shih-100k"]
-METRICS = {"auc", "inv_eb_at_0p3", "e10", "e100", "accuracy"}
+METRICS = {"auc", "inv_eb_at_0p3", "e10", "e100", "accuracy", "s_over_b_before", "s_over_b_after"}
 
 
 def test_every_preset_has_a_study_file_and_reference_rows():
@@ -73,7 +73,7 @@ def test_reference_values_are_transcribed_from_seed_physics():
                 lo, hi = row["range"]
                 forms = [f"{lo:.2f}-{hi:.2f}"]
             else:
-                forms = [f"{v:g}", f"{v:.2f}", f"{v * 100:.1f}%", f"{v:.3f}"]
+                forms = [f"{v:g}", f"{v:.2f}", f"{v * 100:.1f}%", f"{v:.3f}", f"{v * 100:g}%"]
             assert any(re.search(rf"(?<![\d.]){re.escape(f)}(?![\d])", text) for f in forms), (preset, row["id"], v)
 
 
@@ -83,7 +83,8 @@ def test_reference_values_are_transcribed_from_seed_physics():
 #: preset -> (shrink: 50-60 jets per sample, the runs to make: the cheapest models that cover each code path)
 SMOKE = {
     "heimel-top": (2.5e-4, None),  # every run: image and LoLa AEs, adversary, 3 % contamination
-    "farina": (2.5e-4, ["pca", *[f"dense_ae_{i}" for i in range(1, 6)]]),  # repeats averaged; gluinos
+    # repeats averaged; gluinos; the bump-hunt run (its own 1e-3 gluino contamination)
+    "farina": (2.5e-4, ["pca", *[f"dense_ae_{i}" for i in range(1, 6)], "cnn_ae_bump"]),
     "heimel-scalar": (3.7e-4, None),
     "heimel-dark": (3.7e-4, None),  # the adversary's 50 mass bins shrink with the sample
     "macaluso-shih": (2.5e-5, None),
@@ -117,6 +118,12 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
     for line, ref in zip(compared, expected):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2] == ", ".join(ref["runs"]) and cells[3] == ref["signal"]
+        if ref["metric"] in BUMP_METRICS:  # ~25 test QCD jets + 1 gluino: the table says what it could do, and why
+            assert re.search(r"test 'data': all \d+ test qcd \+ 1 of the \d+ test gluino jets", cells[12]), cells[12]
+            assert "no bump hunt" in cells[12] or "window" in cells[12], cells[12]
+            assert re.match(r"test 1 gluino \+ \d+ bkg; train \d+", cells[11]), cells[11]
+            assert cells[7] == "-" or float(cells[7]) >= 0.0
+            continue
         ours = float(cells[7])
         assert math.isfinite(ours) and 0.0 <= ours <= (math.inf if ref["metric"] == "inv_eb_at_0p3" else 1.0)
         assert cells[10] in ("agrees", "differs", "no band")
@@ -165,3 +172,79 @@ def test_compare_band_pull_verdict():
     # no results for a run; no band (NaN std)
     assert compare(ref, {})["verdict"] == "not run"
     assert compare(ref, {"a": [_ours("a", "top", 0.8, float("nan"))]})["verdict"] == "no band"
+
+
+def test_bump_hunt_rows_notes_and_plot_from_stored_scores(tmp_path):
+    """The bump hunt's wiring into the farina table (sec. 6) on a store holding known per-jet scores of
+    the bump-hunt run: QCD masses falling, the loss growing with mass as an AE's does, gluinos peaked
+    near 400 GeV with high losses. The table gets S/B before / after with Poisson bands, the mix, the
+    sideband fit in the notes, and the mass plot."""
+    from jetscan.core.bumphunt import bump_hunt
+    from jetscan.jobs.reproduce import _bump_hunt, _plot_bump_hunt, _with_bump_hunt, compare, write_table
+    from jetscan.storage import results
+
+    study, _ = load_preset("farina", store=str(tmp_path / "f.zarr"))
+    rng = np.random.default_rng(2)
+    n_qcd, n_glu = 100_000, 3000
+    m_qcd = 20.0 + rng.exponential(60.0, n_qcd)
+    samples = {
+        "qcd": {"mass": m_qcd, "score": rng.exponential(1.0, n_qcd) + m_qcd / 100.0, "label": np.zeros(n_qcd)},
+        "gluino": {"mass": rng.normal(390.0, 25.0, n_glu), "score": rng.exponential(1.0, n_glu) + 6.0,
+                   "label": np.ones(n_glu)},
+        "top": {"mass": rng.normal(175.0, 20.0, 50), "score": rng.exponential(1.0, 50), "label": np.ones(50)},
+    }
+    evaluation = {"run": "cnn_ae_bump", "study": "farina", "config": {"n_train_jets": 99_000}, "kind": "autoencoder",
+                  "background": "qcd", "samples": samples, "signals": ["top", "gluino"]}
+    rows = results.summarise(evaluation)
+    results.write_run(study.store, evaluation, rows)
+
+    hunt = _bump_hunt(study, "cnn_ae_bump", "gluino")
+    assert hunt["n_background"] == n_qcd and hunt["n_signal"] == 100  # 1e-3 / (1 - 1e-3) of 100k
+    res = hunt["result"]
+    assert res["before"]["s_over_b"] < 0.5 < res["after"]["s_over_b"]
+    assert res["background_kept"] == pytest.approx(1e-3, abs=2e-5)
+    # the same numbers as core.bumphunt on the same mix (the wiring adds no arithmetic of its own)
+    again = bump_hunt(hunt["mass"], hunt["score"], hunt["label"], window_gev=res["window_gev"])
+    assert again["after"] == res["after"] and again["fit"]["s_fit"] == res["fit"]["s_fit"]
+    fit = res["fit"]
+    assert abs(fit["s_fit"] - res["after"]["s"]) < 2.5 * fit["s_fit_err"]
+    ours = _with_bump_hunt(rows, "gluino", hunt)
+    top_row = [r for r in ours if r["signal"] == "top"][0]
+    assert "s_over_b_after" not in top_row  # only the hunted signal's row
+    compared = [compare(ref, {"cnn_ae_bump": ours}) for ref in REFERENCE["farina"] if ref["metric"] in BUMP_METRICS]
+    assert [c["value"] for c in compared] == [0.04, 0.25]
+    for c, key in zip(compared, ("before", "after")):
+        assert c["ours"] == res[key]["s_over_b"] and c["band"] == res[key]["s_over_b_err"]
+        assert c["verdict"] in ("agrees", "differs") and c["our_size"] == "test 100 gluino + 100000 bkg; train 99000"
+    out = tmp_path / "results"
+    out.mkdir()
+    png = _plot_bump_hunt("farina", "cnn_ae_bump", "gluino", hunt, out)
+    assert png.stat().st_size > 5000
+    table, pngs = write_table(study, "farina", [{**c, "note": hunt["note"]} for c in compared], out, extra_pngs=[png])
+    text = table.read_text()
+    assert png in pngs and f"]({png.name})" in text
+    assert "all 100000 test qcd + 100 of the 3000 test gluino jets" in text and f"S_fit = {fit['s_fit']:.1f}" in text
+
+
+def test_the_bump_hunt_run_carries_its_own_contamination():
+    """farina's cnn_ae_bump trains with 1e-3 gluinos although data.contamination is Fig. 8's 10 % tops:
+    the run's own contamination replaces data.contamination for that run only (loader, hash, results)."""
+    from jetscan.jobs.train import run_settings
+    from jetscan.core.study import settings_hash
+
+    study = Study.from_yaml(PRESETS_DIR / "farina.yaml")
+    bump = study.for_run("cnn_ae_bump")
+    assert (bump.data.contamination.signal, bump.data.contamination.fraction) == ("gluino", 0.001)
+    assert study.for_run("cnn_ae_c10") is study and study.data.contamination.signal == "top"
+    assert run_settings(study, "cnn_ae_bump")["data"]["contamination"] == {"signal": "gluino", "fraction": 0.001}
+    # a run without its own contamination dumps and hashes as before the option existed
+    assert "contamination" not in study.run("cnn_ae_1").model_dump(mode="json")
+    data = study.model_dump(mode="json")
+    del data["train"]["runs"]["cnn_ae_bump"]
+    assert settings_hash(run_settings(Study.from_dict(data), "cnn_ae_c10")) == settings_hash(run_settings(study, "cnn_ae_c10"))
+    for bad, msg in (({"contaminated": False}, "set contaminated: true as well"),
+                     ({"contamination": {"signal": "nope", "fraction": 0.001}}, "must be a sample of the study")):
+        d = study.model_dump(mode="json")
+        d["train"]["runs"]["cnn_ae_bump"].update(bad)
+        with pytest.raises(ConfigError, match=msg):
+            Study.from_dict(d)
