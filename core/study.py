@@ -292,6 +292,22 @@ class DataConfig(_Frozen):
         description="threads reading and decoding chunks (decompression releases the GIL); the batches do not "
         "depend on it",
     )
+    decode_process: bool = Field(
+        True,
+        exclude_if=lambda v: v is True,  # a performance knob: at its default it stays out of dumps and run hashes
+        description="make the batches (reads, decompression, shuffling) in a child process forked from the "
+        "consumer, which takes them from shared memory, so a Python training loop never waits for the decode "
+        "threads' GIL (false, or a platform without fork: threads in the consumer's process); the batches do "
+        "not depend on it",
+    )
+    batches_ahead: int = Field(
+        4,
+        ge=0,
+        le=64,
+        exclude_if=lambda v: v == 4,  # a performance knob: at its default it stays out of dumps and run hashes
+        description="batches assembled ahead (shuffle buffer, gathers) by a background thread, so the consumer "
+        "only takes ready batches (0: assembled in the consumer's thread); the batches do not depend on it",
+    )
     virtual_ranks: int = Field(
         1,
         ge=1,

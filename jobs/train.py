@@ -75,6 +75,8 @@ def _data_settings(study: Study) -> dict:
     if data.get("virtual_ranks") == 1:
         del data["virtual_ranks"]  # the default: checkpoints made before the option stay valid
     data.pop("decode_workers", None)
+    data.pop("batches_ahead", None)
+    data.pop("decode_process", None)
     data.update(_READ_KNOBS)  # hashed at their defaults, so checkpoints made before stay valid
     return data
 

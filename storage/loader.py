@@ -32,6 +32,13 @@ in memory:
   ``data.prefetch_chunks`` chunks while the current ones are consumed (zarr's blosc / zstd
   decompression and numpy's copies release the GIL). Results are taken in chunk order, so
   the batches are the same for any number of workers;
+- **decode process**: with ``data.decode_process`` (the default, where the platform forks) all
+  of the above runs in one child process forked from the consumer and kept for the stream's
+  life (its cache and read-ahead survive between epochs); the consumer copies ready batches
+  out of ``data.batches_ahead`` shared-memory slots, so a Python training loop never waits for
+  the decode threads' GIL (:mod:`jetscan.storage.stream_process`). Without it, a background
+  thread assembles the next ``data.batches_ahead`` batches in the consumer's process (0: in the
+  consumer's thread). The batches are the same either way;
 - **bounded memory**: ``data.cache_mb`` bounds every decoded byte a stream holds: its
   cache, its shuffle buffer (a fixed block of ``max(buffer, batch, buffer / 2 + batch) +
   chunk`` jets, filled slot by slot, so a batch is one gather and no chunk is copied twice)
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +83,7 @@ from jetscan.core import representations as reps
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.study import Study
 from jetscan.storage import blobs, catalog, layout
+from jetscan.storage.stream_process import BatchProcess, fork_available
 
 __all__ = ["JetStream", "split_assignment", "SPLITS"]
 
@@ -211,6 +220,8 @@ class JetStream(torch.utils.data.IterableDataset):
         self._executor: ThreadPoolExecutor | None = None  # made on first use, per process
         self._executor_pid = 0
         self._ahead: dict[tuple, list] = {}  # the next epoch's first reads, in flight
+        self._batch_process: BatchProcess | None = None  # data.decode_process: made on the first epoch
+        self._array_handles: dict[int, list] = {}  # per sample, opened on first read
 
     @classmethod
     def from_study(cls, study: Study, samples: Sequence[str], representation: str, **kw) -> "JetStream":
@@ -226,6 +237,15 @@ class JetStream(torch.utils.data.IterableDataset):
             x = int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
         return x + sum(np.dtype(t).itemsize for t in _META_DTYPES.values())
 
+    def _batch_schema(self) -> list[tuple[str, np.dtype, tuple]]:
+        """(name, dtype, shape of one jet) of each array of a batch, in the order batches hold them."""
+        if self.on_the_fly:
+            x = (np.dtype(np.float32), tuple(reps.output_shape(self.cfg)))
+        else:
+            arr = self._groups[0][f"inputs/{self.representation}"]
+            x = (arr.dtype, tuple(arr.shape[1:]))
+        return [("x", *x)] + [(k, np.dtype(t), ()) for k, t in _META_DTYPES.items()]
+
     def _stream_batch(self) -> int:
         return self.batch_size // self.virtual_ranks if self._virtual else self.batch_size
 
@@ -240,10 +260,21 @@ class JetStream(torch.utils.data.IterableDataset):
         n_streams = len(self.my_virtual_ranks) if self._virtual else 1
         prefetch = max(1, self.study.data.prefetch_chunks)
         per_stream = self._buffer_rows(self._stream_batch(), max_part) + prefetch * max_part
-        return n_streams * per_stream + 2 * self.batch_size  # the batch given out (and its parts in lockstep)
+        ahead = max(0, int(getattr(self.study.data, "batches_ahead", 0)))
+        # the batch given out (and its parts in lockstep), and the batches assembled ahead
+        return n_streams * per_stream + (2 + ahead) * self.batch_size
 
     def memory(self) -> dict[str, int]:
-        """Accounted decoded bytes: now (cache, buffers, queue), the peak of their sum, and the bounds."""
+        """Accounted decoded bytes: now (cache, buffers, queue), the peak of their sum, and the bounds.
+
+        With a decode process: its figures as of the last batch it sent, plus its peak resident
+        memory (``process_peak_rss_bytes``)."""
+        proc = self._batch_process
+        if proc is not None and proc.pid == os.getpid() and proc.stats():
+            return proc.stats()
+        return self._memory_here()
+
+    def _memory_here(self) -> dict[str, int]:
         with self._lock:
             return {
                 "cache_bytes": self._cache_used,
@@ -357,10 +388,9 @@ class JetStream(torch.utils.data.IterableDataset):
         return out
 
     def _read_uncached(self, unit: _Unit) -> dict[str, np.ndarray]:
-        group = self._groups[unit.sample]
         sl = slice(unit.start, unit.stop)
         inputs = reps.required_fields(self.cfg) if self.on_the_fly else [f"inputs/{self.representation}"]
-        got = _read_slices([group[p] for p in (*inputs, "truth/label", "jets/mass")], sl)
+        got = _read_slices(self._arrays(unit.sample, (*inputs, "truth/label", "jets/mass")), sl)
         if self.on_the_fly:
             x = reps.compute(self.cfg, dict(zip(inputs, got[:-2])))
         else:
@@ -376,14 +406,59 @@ class JetStream(torch.utils.data.IterableDataset):
             "index": (unit.start + rows).astype(np.int64),
         }
 
+    def _arrays(self, sample: int, paths: tuple[str, ...]) -> list:
+        """The sample's zarr arrays, opened once (opening one reads and parses its metadata)."""
+        got = self._array_handles.get(sample)
+        if got is None:
+            group = self._groups[sample]
+            got = self._array_handles[sample] = [group[p] for p in paths]
+        return got
+
     def iter_numpy(self, epoch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """One epoch of batches as numpy arrays (in lockstep mode: this rank's part of each global batch).
 
         When an epoch has read all its chunks, the first ``prefetch_chunks`` chunks of the next
         epoch are read while its last batches are served, so epoch ``epoch + 1`` (the usual
-        next request) starts without waiting for a full shuffle buffer.
+        next request) starts without waiting for a full shuffle buffer. With
+        ``data.batches_ahead`` > 0 the batches are assembled by a background thread, that many
+        ahead of the consumer (the same batches, in the same order).
         """
         epoch = self.epoch if epoch is None else epoch
+        ahead = int(getattr(self.study.data, "batches_ahead", 0))
+        proc = self._decode_process()
+        if proc is not None:
+            return proc.epoch(epoch)
+        if ahead <= 0:
+            return self._iter_numpy_here(epoch)
+        return _ahead_of_consumer(lambda: self._iter_numpy_here(epoch), ahead)
+
+    def _decode_process(self) -> BatchProcess | None:
+        """The child process making this stream's batches (``data.decode_process``), or None to make them here:
+        the option off, no fork on this platform, a store that is not a local path (object-store clients do
+        not survive a fork), inside a DataLoader worker (already a process of its own), or while another epoch
+        of this stream is being read from it."""
+        if not getattr(self.study.data, "decode_process", False) or not fork_available():
+            return None
+        store = str(self.study.store)
+        if "://" in store and not store.startswith("file://"):  # object-store clients are not fork-safe
+            return None
+        if torch.utils.data.get_worker_info() is not None:
+            return None
+        proc = self._batch_process
+        if proc is None or proc.pid != os.getpid():
+            ahead = max(2, int(getattr(self.study.data, "batches_ahead", 0)))
+            proc = self._batch_process = BatchProcess(self._iter_numpy_here, self._memory_here,
+                                                      schema=self._batch_schema(), max_rows=self.batch_size, depth=ahead)
+        return None if proc.busy else proc
+
+    def close(self) -> None:
+        """Stop the decode process (if any) and free its shared memory; also done when the stream is collected."""
+        proc, self._batch_process = self._batch_process, None
+        if proc is not None and proc.pid == os.getpid():
+            proc.close()
+
+    def _iter_numpy_here(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        """:meth:`iter_numpy`'s batches, assembled in the thread that iterates."""
         if self._virtual:
             info = torch.utils.data.get_worker_info()
             if info is not None and info.num_workers > 1:
@@ -521,7 +596,8 @@ class JetStream(torch.utils.data.IterableDataset):
     def __getstate__(self) -> dict:
         """Picklable (DataLoader workers under spawn): each copy starts with an empty cache."""
         state = self.__dict__.copy()
-        state.update(_lock=None, _cache={}, _cache_used=0, _queued=0, _buffered=0, _peak=0, _executor=None, _ahead={})
+        state.update(_lock=None, _cache={}, _cache_used=0, _queued=0, _buffered=0, _peak=0, _executor=None, _ahead={},
+                     _batch_process=None, _array_handles={})
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -621,3 +697,60 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _take(d: dict[str, np.ndarray], index) -> dict[str, np.ndarray]:
     return {k: v[index] for k, v in d.items()}
+
+
+_END = object()
+
+
+def _ahead_of_consumer(make: "callable", depth: int) -> Iterator[dict[str, np.ndarray]]:
+    """The items of the generator ``make()``, produced by a background thread ``depth`` ahead.
+
+    Same items, same order; an exception in the producer is raised here, at its place in the
+    sequence. Leaving the loop early (``break``, an error in the consumer) stops the producer
+    and closes its generator (releasing its buffers and reads) before this generator returns.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        gen = make()
+        try:
+            for item in gen:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Raised(exc))
+        finally:
+            gen.close()
+
+    def consume() -> Iterator[dict[str, np.ndarray]]:
+        thread = threading.Thread(target=produce, name="jetstream-batches", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.exc
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+    return consume()
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc

@@ -131,16 +131,18 @@ def test_not_preprocessed_or_not_generated(tiny_study):
         JetStream(study, ["qcd"], "heimel40", on_the_fly=True)
 
 
-def test_cached_epochs_equal_uncached_and_batches_do_not_alias_the_cache(study):
+@pytest.mark.parametrize("decode_process", [True, False])
+def test_cached_epochs_equal_uncached_and_batches_do_not_alias_the_cache(study, decode_process):
+    study = _with_data(study, decode_process=decode_process)
     cached = JetStream(study, ["top"], "heimel40", split="train", shuffle=False)
-    uncached_study = study.model_copy(update={"data": study.data.model_copy(update={"cache_mb": 0})})
-    uncached = JetStream(uncached_study, ["top"], "heimel40", split="train", shuffle=False)
+    uncached = JetStream(_with_data(study, cache_mb=0), ["top"], "heimel40", split="train", shuffle=False)
     first = [b["x"].copy() for b in cached.iter_numpy(epoch=0)]
     for b in cached.iter_numpy(epoch=1):
         b["x"][:] = -1.0  # a user scribbling on a batch
     again = [b["x"] for b in cached.iter_numpy(epoch=2)]
     plain = [b["x"] for b in uncached.iter_numpy(epoch=0)]
-    assert cached._cache and not uncached._cache
+    assert cached.memory()["cache_bytes"] > 0 and uncached.memory()["cache_bytes"] == 0
+    assert bool(cached._batch_process) == decode_process  # the cache above is the decode process's
     for a, b, c in zip(first, again, plain):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
@@ -213,6 +215,9 @@ def test_batches_same_for_any_decode_workers_and_cache_and_equal_the_merge_rule(
         _with_data(base, decode_workers=3),
         _with_data(base, decode_workers=3, cache_mb=0),
         _with_data(base, decode_workers=2, prefetch_chunks=1, cache_mb=1),
+        _with_data(base, decode_process=False, batches_ahead=0),
+        _with_data(base, decode_process=False, batches_ahead=2, cache_mb=0),
+        _with_data(base, decode_process=True, batches_ahead=2, decode_workers=1),
     ]
     kw = dict(split="train", batch_size=batch_size, drop_last=drop_last, shuffle=shuffle)
     for rank, world_size in ((0, 1), (1, 2)):
@@ -229,18 +234,19 @@ def test_batches_same_for_any_decode_workers_and_cache_and_equal_the_merge_rule(
 
 
 def test_lockstep_batches_same_for_any_decode_workers(study):
-    one, many = (
-        JetStream(_with_data(study, virtual_ranks=2, decode_workers=w, shuffle_buffer_jets=32, cache_mb=c),
-                  ["qcd", "top"], "heimel40", lockstep=True, batch_size=16)
-        for w, c in ((1, 1024), (4, 0))
+    one, many, here = (
+        JetStream(_with_data(study, virtual_ranks=2, decode_workers=w, shuffle_buffer_jets=32, cache_mb=c,
+                             decode_process=p), ["qcd", "top"], "heimel40", lockstep=True, batch_size=16)
+        for w, c, p in ((1, 1024, True), (4, 0, True), (2, 1024, False))
     )
     _assert_same_batches(one.iter_numpy(epoch=3), many.iter_numpy(epoch=3))
+    _assert_same_batches(here.iter_numpy(epoch=3), many.iter_numpy(epoch=3))
 
 
 def test_decoded_bytes_held_stay_within_cache_mb_on_data_larger_than_it(study):
     # ms37x4: 37 x 37 x 4 float32 = 21.9 kB a jet; all 600 jets (qcd, top, gluino) decoded = 13 MB
     small = _with_data(study, splits={"train": 1.0, "val": 0.0, "test": 0.0}, cache_mb=8, shuffle_buffer_jets=16,
-                       prefetch_chunks=1, decode_workers=2)
+                       prefetch_chunks=1, decode_workers=2, decode_process=False)  # looks inside: in this process
     stream = JetStream(small, ["qcd", "top", "gluino"], "ms37x4", batch_size=8)
     limit = 8 * 2**20
     assert stream.n_jets_total * stream.row_bytes > 1.5 * limit  # the data does not fit the bound
@@ -277,3 +283,101 @@ def test_decode_workers_is_validated_and_stays_out_of_dumps_at_its_default(tiny_
     assert Study.from_dict(yaml.safe_load(two.to_yaml())).data.decode_workers == 2
     with pytest.raises(ValueError, match="decode_workers"):
         DataConfig(decode_workers=0)
+    dumped = study.data.model_dump(mode="json")
+    assert "decode_process" not in dumped and "batches_ahead" not in dumped
+    off = _with_data(study, decode_process=False, batches_ahead=0)
+    back = Study.from_dict(yaml.safe_load(off.to_yaml())).data
+    assert back.decode_process is False and back.batches_ahead == 0
+    with pytest.raises(ValueError, match="batches_ahead"):
+        DataConfig(batches_ahead=-1)
+
+
+# ------------------------------------------------------------------- the decode process
+def _process_stream(study, **kw):
+    stream = JetStream(_with_data(study, decode_process=True, batches_ahead=2, shuffle_buffer_jets=32),
+                       ["qcd", "top"], "heimel40", batch_size=16, **kw)
+    return stream
+
+
+def test_decode_process_left_epochs_and_guessed_epochs_give_the_asked_batches(study):
+    """Leaving an epoch early, asking for the same epoch again, or for another one than the child
+    guessed (it makes epoch e + 1 ahead): each epoch's batches are still exactly the in-process ones."""
+    here = JetStream(_with_data(study, decode_process=False, shuffle_buffer_jets=32), ["qcd", "top"], "heimel40",
+                     batch_size=16)
+    stream = _process_stream(study)
+    want = {e: list(here.iter_numpy(epoch=e)) for e in (0, 1, 2, 7)}
+    for _, _ in zip(range(3), stream.iter_numpy(epoch=0)):  # leave after 3 batches
+        pass
+    _assert_same_batches(stream.iter_numpy(epoch=0), want[0])
+    _assert_same_batches(stream.iter_numpy(epoch=1), want[1])  # the guessed next epoch
+    _assert_same_batches(stream.iter_numpy(epoch=1), want[1])  # the same one again
+    _assert_same_batches(stream.iter_numpy(epoch=7), want[7])  # not the guess
+    got = stream.iter_numpy(epoch=2)
+    first = next(got)
+    other = list(stream.iter_numpy(epoch=0))  # while epoch 2 is open: read in this process instead
+    _assert_same_batches(other, want[0])
+    _assert_same_batches([first, *got], want[2])
+    assert stream._batch_process is not None and stream._batch_process._proc.is_alive()
+    stream.close()
+
+
+def test_decode_process_errors_reach_the_consumer_and_a_dead_one_is_named(study, monkeypatch):
+    import os
+    import signal
+
+    def boom(self, unit):
+        raise StorageError(f"chunk {unit.start} of sample {unit.sample} is unreadable")
+
+    monkeypatch.setattr(JetStream, "_read_uncached", boom)  # the fork inherits it
+    stream = _process_stream(study)
+    with pytest.raises(StorageError, match=r"chunk \d+ of sample \d is unreadable"):
+        list(stream.iter_numpy(epoch=0))
+    monkeypatch.undo()
+    stream = _process_stream(study)
+    assert len(list(stream.iter_numpy(epoch=0))) > 0
+    proc = stream._batch_process._proc
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(timeout=10)
+    with pytest.raises(StorageError, match="decode process .* died .*data.decode_process: false"):
+        list(stream.iter_numpy(epoch=1))
+
+
+def test_decode_process_ends_with_close_or_with_its_consumer(study, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    stream = _process_stream(study)
+    n = sum(len(b["label"]) for b in stream.iter_numpy(epoch=0))
+    assert n == stream.n_jets_total
+    mem = stream.memory()
+    assert mem["process_peak_rss_bytes"] > 0 and mem["buffer_bytes"] == 0
+    proc = stream._batch_process
+    assert proc._proc.is_alive()
+    stream.close()
+    assert not proc._proc.is_alive() and proc._ring.buf.closed
+    # a consumer killed with SIGKILL (a killed training rank): its decode process leaves too,
+    # releasing the consumer's stdout (a launcher waiting for it would wait forever)
+    (tmp_path / "study.yaml").write_text(study.to_yaml())
+    script = tmp_path / "consumer.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal
+        from jetscan.core.study import Study
+        from jetscan.storage.loader import JetStream
+        study = Study.from_yaml({str(tmp_path / "study.yaml")!r})
+        stream = JetStream(study, ["qcd", "top"], "heimel40", batch_size=16)
+        next(iter(stream.iter_numpy(epoch=0)))
+        print(stream._batch_process._proc.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -9, out.stderr
+    child = int(out.stdout.split()[0])
+    assert time.perf_counter() - t0 < 30  # stdout closed: the child did not outlive its consumer for long
+    deadline = time.time() + 10
+    while time.time() < deadline and os.path.exists(f"/proc/{child}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}")
