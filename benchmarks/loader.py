@@ -18,12 +18,16 @@ store, loading arrays for the in-memory side) to its end.
    seconds have passed since it got its batch (a GPU-fed host thread waits on the device the
    same way), so the consumer never takes more than ``rate`` jets/s. Sides: in-memory numpy
    arrays of the same jets (a shuffled index per epoch, ``torch.from_numpy`` per batch), and
-   JetStream with 1 and ``--workers`` decode workers, the cache off and at ``--cache-mb``.
+   JetStream with 1 and ``--workers`` decode workers, the cache off and at ``--cache-mb``, all
+   with its decode process (``data.decode_process``, the default), and once without it (decode
+   threads in the consumer's process, as before).
    Ratio streamed / in-memory over whole epochs (target >= 0.95), cold and warm.
 3. **memory**: peak RSS of a fresh process making one pass over a ``--jets`` and a
    ``--big-jets`` store (same settings), next to the loader's own accounting
    (``JetStream.memory()``: cache + shuffle buffer + read-ahead, bounded by ``data.cache_mb``).
-   The two peaks should be equal: a 100M-jet store trains in the RAM of a 100k-jet one.
+   The decode process's own peak RSS is added (it shares pages with the consumer, so the sum
+   overstates the total). The two sums should be equal: a 100M-jet store trains in the RAM of
+   a 100k-jet one.
 
 Jets: the store ``benchmarks/preprocess.py`` generates (2000 QCD + 1000 top, 13 TeV,
 800-900 GeV, ``--base-store`` to give another one with samples qcd and top and heimel40
@@ -119,11 +123,12 @@ def store_bytes(path: str) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def bench_study(store: str, *, cache_mb: int, workers: int, prefetch: int, buffer: int | None, batch: int):
+def bench_study(store: str, *, cache_mb: int, workers: int, prefetch: int, buffer: int | None, batch: int,
+                process: bool = True, ahead: int = 4):
     from jetscan.core.study import Study
 
     data = {"batch_size": batch, "splits": {"train": 1.0, "val": 0.0, "test": 0.0}, "cache_mb": cache_mb,
-            "decode_workers": workers, "prefetch_chunks": prefetch}
+            "decode_workers": workers, "prefetch_chunks": prefetch, "decode_process": process, "batches_ahead": ahead}
     if buffer is not None:
         data["shuffle_buffer_jets"] = buffer
     return Study.from_dict({
@@ -145,7 +150,8 @@ def child(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     study = bench_study(spec["store"], cache_mb=spec["cache_mb"], workers=spec["workers"], prefetch=spec["prefetch"],
-                        buffer=spec["buffer"], batch=spec["batch"])
+                        buffer=spec["buffer"], batch=spec["batch"], process=spec.get("process", True),
+                        ahead=spec.get("ahead", 4))
     rate = spec["rate"]
     out = {"epochs": [], "rss_before_mb": _rss_mb()}
     if spec["mode"] in ("train", "memory"):
@@ -168,7 +174,8 @@ def child(spec: dict) -> dict:
             pass
 
     if spec["mode"] == "memory":  # the same jets, read into RAM at start-up
-        stream = JetStream(study, list(SAMPLES), REP, split="train", shuffle=False, batch_size=8192)
+        load = study.model_copy(update={"data": study.data.model_copy(update={"decode_process": False})})
+        stream = JetStream(load, list(SAMPLES), REP, split="train", shuffle=False, batch_size=8192)
         parts = list(stream.iter_numpy(epoch=0))
         x = np.concatenate([p["x"] for p in parts])
         y = np.concatenate([p["label"] for p in parts])
@@ -205,6 +212,9 @@ def child(spec: dict) -> dict:
     if spec["mode"] != "memory":
         out["memory"] = stream.memory()
         out["data_bytes"] = stream.n_jets_total * stream.row_bytes
+        # the decode process's own peak (0 without one); its pages shared with this process count in both
+        out["rss_decode_process_mb"] = out["memory"].get("process_peak_rss_bytes", 0) / 2**20
+        stream.close()
     return out
 
 
@@ -266,6 +276,7 @@ def main() -> None:
     ap.add_argument("--cache-mb", type=int, default=256, help="data.cache_mb of the cached side (below the store)")
     ap.add_argument("--buffer", type=int, default=None, help="data.shuffle_buffer_jets (default: the study default)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--ahead", type=int, default=4, help="data.batches_ahead (slots of the decode process)")
     ap.add_argument("--base-store", help="a store with qcd and top and heimel40 (default: preprocess.py's)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "jetscan-bench"))
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
@@ -302,13 +313,15 @@ def main() -> None:
     result = {"bench": "loader", "git": git_rev(), "device": cpu_device(), "quick": args.quick,
               "args": {k: v for k, v in vars(args).items() if k not in ("child", "work", "base_store")}}
 
-    print(f"1. decode: 1 decode worker, no consumer, cache off, {args.jets} jets, fresh process, page cache dropped")
-    dec = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0}, cold=True)
+    print(f"1. decode: 1 decode worker in the process, no consumer, cache off, {args.jets} jets, fresh process, "
+          "page cache dropped")
+    # in-process decode threads: time.process_time then counts every CPU-second spent decoding
+    dec = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False}, cold=True)
     d = rates(dec)
     print(f"   page cache: {dec['page_cache']}")
     print(f"   cold epoch {d['cold_rate']:9.0f} jets/s, warm {d['warm_rate']:9.0f} jets/s; "
           f"{d['jets_per_cpu_s']:9.0f} jets per CPU-second (all threads)")
-    decN = run_child({**common, "mode": "decode", "workers": args.workers, "cache_mb": 0}, cold=True)
+    decN = run_child({**common, "mode": "decode", "workers": args.workers, "cache_mb": 0, "process": False}, cold=True)
     dN = rates(decN)
     print(f"   {args.workers} workers: cold {dN['cold_rate']:9.0f} jets/s, warm {dN['warm_rate']:9.0f} jets/s, "
           f"{dN['jets_per_cpu_s']:9.0f} jets per CPU-second")
@@ -319,9 +332,12 @@ def main() -> None:
           f"{args.epochs} epochs (epoch 0 cold), each side a fresh process after dropping the page cache")
     sides = {"in-memory": {"mode": "memory", "workers": 1, "cache_mb": 0}}
     for w in sorted({1, args.workers}):
-        sides[f"stream {w}w cache off"] = {"mode": "train", "workers": w, "cache_mb": 0}
+        sides[f"stream {w}w cache off"] = {"mode": "train", "workers": w, "cache_mb": 0, "ahead": args.ahead}
     sides[f"stream {args.workers}w cache {args.cache_mb}MB"] = {"mode": "train", "workers": args.workers,
-                                                               "cache_mb": args.cache_mb}
+                                                               "cache_mb": args.cache_mb, "ahead": args.ahead}
+    # the same stream without its decode process: decode threads in the consumer's process
+    sides[f"in-process {args.workers}w cache off"] = {"mode": "train", "workers": args.workers, "cache_mb": 0,
+                                                      "process": False, "ahead": args.ahead}
     res = {}
     for name, side in sides.items():
         raw = run_child({**common, **side}, cold=True)
@@ -352,11 +368,14 @@ def main() -> None:
         mems[str(n)] = raw
         mem = raw["memory"]
         print(f"   {n:>9d} jets ({raw['data_bytes'] / 2**20:7.0f} MiB decoded): peak RSS {raw['rss_peak_mb']:6.0f} MB "
+              f"+ decode process {raw['rss_decode_process_mb']:6.0f} MB "
               f"(after imports {raw['rss_before_mb']:5.0f} MB); accounted peak {mem['peak_bytes'] / 2**20:6.1f} MiB "
               f"(cache {mem['cache_bytes'] / 2**20:.1f}, bound {mem['limit_bytes'] / 2**20:.0f} MiB), "
               f"{raw['epochs'][0]['jets'] / raw['epochs'][0]['seconds']:8.0f} jets/s")
-    grow = mems[str(args.big_jets)]["rss_peak_mb"] / mems[str(args.jets)]["rss_peak_mb"]
-    print(f"ratio peak RSS {args.big_jets} / {args.jets} jets = {grow:.3f}  (bounded memory: ~1)")
+    both = {n: r["rss_peak_mb"] + r["rss_decode_process_mb"] for n, r in mems.items()}
+    grow = both[str(args.big_jets)] / both[str(args.jets)]
+    print(f"ratio peak RSS (consumer + decode process) {args.big_jets} / {args.jets} jets = {grow:.3f}  "
+          "(bounded memory: ~1)")
     result["memory"] = {"runs": mems, "ratio_rss_big_over_small": grow}
     append_result(result, quick=args.quick)
 
