@@ -55,6 +55,7 @@ in memory:
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import queue
 import threading
@@ -435,14 +436,17 @@ class JetStream(torch.utils.data.IterableDataset):
     def _decode_process(self) -> BatchProcess | None:
         """The child process making this stream's batches (``data.decode_process``), or None to make them here:
         the option off, no fork on this platform, a store that is not a local path (object-store clients do
-        not survive a fork), inside a DataLoader worker (already a process of its own), or while another epoch
-        of this stream is being read from it."""
+        not survive a fork), inside a DataLoader worker (already a process of its own) or a daemonic process
+        (Dask and Pool workers may not start children), or while another epoch of this stream is being read
+        from it."""
         if not getattr(self.study.data, "decode_process", False) or not fork_available():
             return None
         store = str(self.study.store)
         if "://" in store and not store.startswith("file://"):  # object-store clients are not fork-safe
             return None
         if torch.utils.data.get_worker_info() is not None:
+            return None
+        if multiprocessing.current_process().daemon:  # a Dask worker, a Pool worker: may not have children
             return None
         proc = self._batch_process
         if proc is None or proc.pid != os.getpid():
