@@ -13,6 +13,7 @@ disturbs every timing ratio.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -112,3 +113,32 @@ def store_study(store: str, name: str) -> dict:
     keys = ("seed", "sqrt_s_gev", "jet", "detector", "generation")
     return {"name": name, "store": store, **{k: settings[k] for k in keys}, "samples": samples,
             "preprocess": {"representations": ["heimel40"]}}
+
+
+@contextlib.contextmanager
+def on_cores(n: int):
+    """Run the block, and every process it starts, on the first ``n`` cores of this machine
+    (CPU affinity of every thread of this process, inherited by children; restored after).
+
+    "1 worker vs N workers on equal cores" then means what it says: a 1-worker run gets one
+    worker's share of the cores, not the whole machine for its side threads (decode threads,
+    the scheduler) to spill onto."""
+    cores = sorted(os.sched_getaffinity(0))
+    if n >= len(cores):
+        yield cores
+        return
+    want = set(cores[:n])
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, want)
+        except OSError:
+            pass
+    try:
+        yield sorted(want)
+    finally:
+        for t in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(t), set(cores))
+            except OSError:
+                pass

@@ -5,7 +5,9 @@ autoencoder, a grid over its bottleneck so that every trial is a distinct, equal
 
 - **trials per hour, 1 vs N workers** on the same cores: one worker process (all cores as torch
   threads) against N worker processes (``cores // N`` torch threads each), both the same
-  ``--trials`` grid points; wall time from the call to its return (worker start-up, imports,
+  ``--trials`` grid points; and, with equal cores per worker, one worker with ``cores // N``
+  threads, pinned to ``cores // N`` cores (so its decode process cannot spill onto the
+  others), against the same N workers (how the harness scales with workers); wall time from the call to its return (worker start-up, imports,
   Optuna storage, training, evaluation, results written), and the span from the first trial's
   start to the last trial's end (without start-up). Issue target: ratio >= 1.8 for N = 2; use
   trials long against a worker's start-up (``--epochs``, ``--trials``), as in a real search.
@@ -35,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import append_result, cpu_device
+from _common import append_result, cpu_device, on_cores
 from _common import store_study
 from jetscan.core.study import Study
 from jetscan.jobs.preprocess import preprocess
@@ -158,29 +160,45 @@ def main() -> None:
               f"-> {100 * pairs[-1]['overhead']:.1f}% of the trial's wall time; within the search call: "
               f"{summary['work_s']:.2f} s train+evaluate, harness {search_s - summary['work_s']:.2f} s = {100 * harness:.1f}%")
 
-    # ---- throughput: the same grid points with 1 and N workers on the same cores
+    # ---- throughput: the same grid points with 1 and N workers. Two comparisons:
+    #  "same cores":  1 worker with all cores as torch threads vs N workers with cores // N threads each
+    #                 (what a user of this machine chooses between);
+    #  "per worker":  1 worker with cores // N threads vs N workers with cores // N threads each
+    #                 (each worker has equal cores: how the harness scales with workers).
     rates = {}
-    for n in (1, args.workers):
-        s = make_study(src, fresh_store(base, tmp, f"w{n}"), args.model, args.epochs, args.trials, cores // n)
-        t0 = time.perf_counter()
-        summary = search(s, "grid", workers=n, threads=max(1, cores // n), spawn=True)  # processes on both sides
-        seconds = time.perf_counter() - t0
+    per = max(1, cores // args.workers)
+    sides = {"1w_all": (1, cores), "1w_per": (1, per), "Nw": (args.workers, per)}
+    for key, (n, threads) in sides.items():
+        if key == "1w_per" and threads == cores:
+            rates[key] = rates["1w_all"]
+            continue
+        s = make_study(src, fresh_store(base, tmp, f"{key}"), args.model, args.epochs, args.trials, threads)
+        # equal cores per worker: the 1-worker side (and its decode process) runs on one worker's share
+        with on_cores(per if key == "1w_per" else cores):
+            t0 = time.perf_counter()
+            summary = search(s, "grid", workers=n, threads=threads, spawn=True)  # processes on every side
+            seconds = time.perf_counter() - t0
         done = summary["counts"]["COMPLETE"]
         trials = [t for t in _load(s, "grid", open_storage(default_storage(s, "grid"), s.search["grid"])).get_trials()
                   if t.state.name == "COMPLETE"]
         span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-        rates[n] = {"seconds": seconds, "complete": done, "trials_per_hour": 3600.0 * done / seconds,
-                    "trial_span_s": span, "trials_per_hour_span": 3600.0 * done / span}
-        print(f"{n} worker(s), {max(1, cores // n)} torch thread(s) each: {done} trials in {seconds:.1f} s wall incl. "
-              f"worker start-up = {rates[n]['trials_per_hour']:.0f} trials/hour; first trial start to last trial end "
-              f"{span:.1f} s = {rates[n]['trials_per_hour_span']:.0f} trials/hour")
-    ratio = rates[args.workers]["trials_per_hour"] / rates[1]["trials_per_hour"]
-    ratio_span = rates[args.workers]["trials_per_hour_span"] / rates[1]["trials_per_hour_span"]
+        rates[key] = {"workers": n, "threads": threads, "seconds": seconds, "complete": done,
+                      "trials_per_hour": 3600.0 * done / seconds,
+                      "trial_span_s": span, "trials_per_hour_span": 3600.0 * done / span}
+        print(f"{n} worker(s), {threads} torch thread(s) each: {done} trials in {seconds:.1f} s wall incl. "
+              f"worker start-up = {rates[key]['trials_per_hour']:.0f} trials/hour; first trial start to last trial end "
+              f"{span:.1f} s = {rates[key]['trials_per_hour_span']:.0f} trials/hour")
+    ratio = rates["Nw"]["trials_per_hour"] / rates["1w_all"]["trials_per_hour"]
+    ratio_span = rates["Nw"]["trials_per_hour_span"] / rates["1w_all"]["trials_per_hour_span"]
+    ratio_per = rates["Nw"]["trials_per_hour"] / rates["1w_per"]["trials_per_hour"]
+    ratio_per_span = rates["Nw"]["trials_per_hour_span"] / rates["1w_per"]["trials_per_hour_span"]
     repeated = [p["overhead"] for p in pairs[1:]] or [pairs[0]["overhead"]]
     load = os.getloadavg()[0]
     print(f"ratio trials/hour {args.workers} workers / 1 worker = {ratio:.2f}  ({args.model}, {args.epochs} epochs, "
           f"{args.trials} trials, {cores} cores; target >= 1.8 for 2; wall time incl. worker start-up)")
     print(f"ratio trials/hour {args.workers} workers / 1 worker = {ratio_span:.2f}  (trial span: without worker start-up)")
+    print(f"ratio trials/hour {args.workers} workers / 1 worker with equal cores per worker ({per} thread(s) each) = "
+          f"{ratio_per:.2f} wall, {ratio_per_span:.2f} trial span  (how the harness scales with workers)")
     print(f"harness overhead = {100 * pairs[0]['overhead']:.1f}% cold, {100 * min(repeated):.1f}-{100 * max(repeated):.1f}% "
           f"repeated, of one trial's wall time, search vs bare calls (target <= 5%)")
     within = [p["harness_within_call"] for p in pairs]
@@ -191,7 +209,8 @@ def main() -> None:
         print(f"note: load average {load:.1f} on {cores} cores: the machine is shared, timings are disturbed")
     append_result({
         "bench": "search", "device": cpu_device(), "model": args.model, "epochs": args.epochs, "trials": args.trials,
-        "workers": args.workers, "throughput": rates, "ratio_trials_per_hour": ratio, "ratio_trial_span": ratio_span, "overhead": pairs,
+        "workers": args.workers, "throughput": rates, "ratio_trials_per_hour": ratio, "ratio_trial_span": ratio_span,
+        "ratio_equal_cores_per_worker": ratio_per, "ratio_equal_cores_per_worker_span": ratio_per_span, "overhead": pairs,
         "overhead_cold": pairs[0]["overhead"], "overhead_repeated_max": max(repeated),
         "harness_within_call_cold": pairs[0]["harness_within_call"],
         "harness_within_call_repeated_max": max(p["harness_within_call"] for p in pairs[1:] or pairs),

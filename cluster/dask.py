@@ -98,10 +98,13 @@ def open_client(
         made = SLURMCluster(**slurm_cluster_kwargs(**(slurm or {})))
         made.scale(jobs=workers)
     elif cluster is None:
-        made = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=40,
-        )
+        import dask
+
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+            made = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, silence_logs=40,
+            )
     else:
         raise ConfigError(f"--cluster: unknown cluster {cluster!r}; clusters: slurm (default: a local cluster)")
     try:
@@ -114,6 +117,22 @@ def open_client(
             client.close()
     finally:
         made.close()
+
+
+def _worker_environ() -> dict:
+    """Dask's worker environment without its ``MALLOC_TRIM_THRESHOLD_=65536``.
+
+    Setting that threshold also freezes glibc's mmap threshold at 128 kB, so every array above
+    it (a cell's 100k scores, 0.8 MB) comes from fresh mmapped pages and is unmapped again when
+    freed: the page faults made the scan's per-cell work 20-60% slower in a worker than in a
+    plain process (benchmarks/scan.py). The workers here run short tasks on such arrays and
+    exit with the scan, so glibc's own adaptive thresholds serve them better."""
+    import dask
+    import distributed  # noqa: F401 - loads distributed's configuration defaults
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
 
 
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, _deps: list) -> Any:

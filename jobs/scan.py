@@ -310,20 +310,35 @@ def _band_of_stored(bkg_url: str, sig_url: str, n_boot: int, seed: int, storage_
     return _band_of_scores(bkg, sig, n_boot, seed)
 
 
+def _bands_of_stored(items: list[tuple[str, str, int]], n_boot: int, storage_options: dict | None) -> list[np.ndarray]:
+    return [_band_of_stored(b, s, n_boot, seed, storage_options) for b, s, seed in items]
+
+
 def roc_bands(pairs: list[tuple[str, str]], n_boot: int, seed: int = 0, client=None,
-              storage_options: dict | None = None) -> list[np.ndarray]:
+              storage_options: dict | None = None, tasks_per_worker: int = 1) -> list[np.ndarray]:
     """ROC + bootstrap band of every (background scores, signal scores) pair of stored per-jet
-    score arrays (zarr URLs), one Dask task per pair that reads its two arrays and reduces them.
+    score arrays (zarr URLs). Each Dask task reads and reduces a run of consecutive pairs,
+    ``tasks_per_worker`` tasks per worker (the pair ``i`` always gets seed ``seed + i``, so the
+    bands do not depend on the grouping or the number of workers). The cells of a scan share
+    one test set, so their costs are equal and one run of cells per worker balances; a worker
+    lost mid-way has its run redone by another.
 
     Why not ``dask.array.from_zarr`` per array: its read tasks hand 100k-score arrays to the
     reducing task, often on the other worker, and the driver opens every array to build the
     graph; on 100 cells x 100k jets that made the Dask run 2-4x *slower* than a numpy loop
     (benchmarks/scan.py, 2 workers), while reading inside the reducing task keeps the bytes
-    where they are read."""
+    where they are read. Why groups of pairs: one cell takes ~25 ms, and 100 cells on 2 workers
+    took 1.1-1.25 s as 2 tasks, 1.2-1.5 s as 8 to 50 tasks (benchmarks/scan.py)."""
     import dask
 
-    tasks = [dask.delayed(_band_of_stored)(b, s, n_boot, seed + i, storage_options) for i, (b, s) in enumerate(pairs)]
-    return list(dask.compute(*tasks, **({"scheduler": client} if client is not None else {})))
+    n_workers = len(client.scheduler_info().get("workers", {})) if client is not None else 1
+    n_tasks = max(1, min(len(pairs), tasks_per_worker * max(1, n_workers)))
+    items = [(b, s, seed + i) for i, (b, s) in enumerate(pairs)]
+    bounds = np.linspace(0, len(items), n_tasks + 1).round().astype(int)
+    groups = [items[a:z] for a, z in zip(bounds[:-1], bounds[1:]) if z > a]
+    tasks = [dask.delayed(_bands_of_stored)(g, n_boot, storage_options) for g in groups]
+    out = dask.compute(*tasks, **({"scheduler": client} if client is not None else {}))
+    return [band for group in out for band in group]
 
 
 def _write_parquet(study: Study, rel: str, df) -> None:
@@ -404,9 +419,12 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
     tasks = [t for t in tasks if not (t.key.startswith("train-") and all(c in done for c in _cells_of(plan, t.key[6:])))
              and t.key.removeprefix("cell-") not in done]
     tasks = [Task(t.key, t.fn, t.args, t.kwargs, tuple(d for d in t.deps if d in {x.key for x in tasks})) for t in tasks]
-    echo(f"scan {name}: {len(plan['cells'])} cells ({len(done)} done before), {len(tasks)} tasks to run")
     t0 = time.perf_counter()
     with open_client(workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm) as client:
+        if tasks:  # every worker imports the training stack at once (~5 s each), before the first task
+            client.run(_warm_worker)
+        echo(f"scan {name}: {len(plan['cells'])} cells ({len(done)} done before), {len(tasks)} tasks to run "
+             f"(workers ready in {time.perf_counter() - t0:.1f} s)")
         outcomes = run_graph(client, tasks, on_done=lambda k, o: echo(f"  {k}: {o['status']}"
                                                                       + (f" ({o['error']})" if o["status"] != "ok" else "")))
         agg = aggregate(study, name, plan, client=client)
@@ -416,6 +434,12 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
     if report_dir is not None:
         out["report"] = write_scan_report(study, name, agg, Path(report_dir), failed=failed)
     return out
+
+
+def _warm_worker() -> None:
+    """Import what the tasks run (torch, the models, training and evaluation) in a worker."""
+    import jetscan.jobs.evaluate  # noqa: F401
+    import jetscan.jobs.train  # noqa: F401
 
 
 def _cells_of(plan: dict, run: str) -> list[str]:

@@ -396,6 +396,9 @@ def worker(
         import torch
 
         torch.set_num_threads(threads)
+    import jetscan.jobs.evaluate  # noqa: F401 - the training stack, imported before a trial's clock starts
+    import jetscan.jobs.train  # noqa: F401
+
     storage = open_storage(storage_url, cfg)
     ostudy = _load(study, name, storage, worker_index)
     target = trials or cfg.target_trials()
