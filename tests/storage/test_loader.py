@@ -381,3 +381,37 @@ def test_decode_process_ends_with_close_or_with_its_consumer(study, tmp_path):
     while time.time() < deadline and os.path.exists(f"/proc/{child}"):
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{child}")
+
+
+def test_batches_ahead_thread_keeps_order_stops_early_and_raises_where_it_failed(study, monkeypatch):
+    """data.decode_process off: a thread assembles the batches ahead; leaving the loop early
+    stops it (the stream's buffers come back), and a read error is raised at its place."""
+    import threading
+
+    base = _with_data(study, decode_process=False, shuffle_buffer_jets=32)
+    want = list(JetStream(_with_data(base, batches_ahead=0), ["qcd", "top"], "heimel40", batch_size=16).iter_numpy(epoch=4))
+    stream = JetStream(_with_data(base, batches_ahead=3), ["qcd", "top"], "heimel40", batch_size=16)
+    _assert_same_batches(stream.iter_numpy(epoch=4), want)
+    got = stream.iter_numpy(epoch=4)
+    first = [next(got), next(got)]
+    got.close()  # leave early
+    _assert_same_batches(first, want[:2])
+    assert not [t for t in threading.enumerate() if t.name == "jetstream-batches"]
+    assert stream.memory()["buffer_bytes"] == 0
+    calls = {"n": 0}
+    real = JetStream._read_uncached
+
+    def flaky(self, unit):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise StorageError("chunk unreadable")
+        return real(self, unit)
+
+    monkeypatch.setattr(JetStream, "_read_uncached", flaky)
+    seen = []
+    with pytest.raises(StorageError, match="chunk unreadable"):
+        for b in JetStream(_with_data(base, batches_ahead=3, cache_mb=0), ["qcd", "top"], "heimel40",
+                           batch_size=16).iter_numpy(epoch=4):
+            seen.append(b)
+    if seen:  # what came before the failing chunk is what it should be
+        _assert_same_batches(seen, want[: len(seen)])
