@@ -62,7 +62,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -706,7 +706,7 @@ def _take(d: dict[str, np.ndarray], index) -> dict[str, np.ndarray]:
 _END = object()
 
 
-def _ahead_of_consumer(make: "callable", depth: int) -> Iterator[dict[str, np.ndarray]]:
+def _ahead_of_consumer(make: Callable[[], Iterator[dict]], depth: int) -> Iterator[dict[str, np.ndarray]]:
     """The items of the generator ``make()``, produced by a background thread ``depth`` ahead.
 
     Same items, same order; an exception in the producer is raised here, at its place in the

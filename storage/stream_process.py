@@ -328,7 +328,7 @@ class _Child:
                 if self.ring.control[_STOP] == epoch + 1:
                     self.put(_STOPPED, epoch, None)
                     return "stopped"
-                self.put(_BATCH, epoch, batch, asked)
+                self.put(_BATCH, epoch, batch)
             if not asked:
                 asked = self._confirmed(epoch)
                 if asked is None:
@@ -364,7 +364,7 @@ class _Child:
             raise _Quit
         return None
 
-    def put(self, kind: int, epoch: int, batch: dict | None, asked: bool = True) -> None:
+    def put(self, kind: int, epoch: int, batch: dict | None) -> None:
         while not self.free.acquire(timeout=0.05):
             self._check_parent()
         self.ring.write(self.written % self.ring.depth, kind, epoch, batch, _stats(self.stats_fn))
