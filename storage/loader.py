@@ -206,7 +206,8 @@ class JetStream(torch.utils.data.IterableDataset):
                 if len(rows):
                     self._units.append(_Unit(i, start, min(start + chunk, len(mask)), rows))
         self.n_jets_total = int(sum(len(u.rows) for u in self._units))
-        self.decode_workers = int(getattr(study.data, "decode_workers", 4))
+        self.decode_workers = study.data.decode_workers
+        self.batches_ahead = study.data.batches_ahead
         self.row_bytes = self._row_bytes()
         # everything decoded is accounted: cache + shuffle buffers + read-ahead queue <= cache_mb
         self.memory_limit_bytes = study.data.cache_mb * 2**20
@@ -261,9 +262,8 @@ class JetStream(torch.utils.data.IterableDataset):
         n_streams = len(self.my_virtual_ranks) if self._virtual else 1
         prefetch = max(1, self.study.data.prefetch_chunks)
         per_stream = self._buffer_rows(self._stream_batch(), max_part) + prefetch * max_part
-        ahead = max(0, int(getattr(self.study.data, "batches_ahead", 0)))
         # the batch given out (and its parts in lockstep), and the batches assembled ahead
-        return n_streams * per_stream + (2 + ahead) * self.batch_size
+        return n_streams * per_stream + (2 + self.batches_ahead) * self.batch_size
 
     def memory(self) -> dict[str, int]:
         """Accounted decoded bytes: now (cache, buffers, queue), the peak of their sum, and the bounds.
@@ -271,9 +271,8 @@ class JetStream(torch.utils.data.IterableDataset):
         With a decode process: its figures as of the last batch it sent, plus its peak resident
         memory (``process_peak_rss_bytes``)."""
         proc = self._batch_process
-        if proc is not None and proc.pid == os.getpid() and proc.stats():
-            return proc.stats()
-        return self._memory_here()
+        stats = proc.stats() if proc is not None and proc.pid == os.getpid() else None
+        return stats or self._memory_here()
 
     def _memory_here(self) -> dict[str, int]:
         with self._lock:
@@ -425,13 +424,12 @@ class JetStream(torch.utils.data.IterableDataset):
         ahead of the consumer (the same batches, in the same order).
         """
         epoch = self.epoch if epoch is None else epoch
-        ahead = int(getattr(self.study.data, "batches_ahead", 0))
         proc = self._decode_process()
         if proc is not None:
             return proc.epoch(epoch)
-        if ahead <= 0:
+        if self.batches_ahead <= 0:
             return self._iter_numpy_here(epoch)
-        return _ahead_of_consumer(lambda: self._iter_numpy_here(epoch), ahead)
+        return _ahead_of_consumer(lambda: self._iter_numpy_here(epoch), self.batches_ahead)
 
     def _decode_process(self) -> BatchProcess | None:
         """The child process making this stream's batches (``data.decode_process``), or None to make them here:
@@ -439,7 +437,7 @@ class JetStream(torch.utils.data.IterableDataset):
         not survive a fork), inside a DataLoader worker (already a process of its own) or a daemonic process
         (Dask and Pool workers may not start children), or while another epoch of this stream is being read
         from it."""
-        if not getattr(self.study.data, "decode_process", False) or not fork_available():
+        if not self.study.data.decode_process or not fork_available():
             return None
         store = str(self.study.store)
         if "://" in store and not store.startswith("file://"):  # object-store clients are not fork-safe
@@ -450,9 +448,9 @@ class JetStream(torch.utils.data.IterableDataset):
             return None
         proc = self._batch_process
         if proc is None or proc.pid != os.getpid():
-            ahead = max(2, int(getattr(self.study.data, "batches_ahead", 0)))
             proc = self._batch_process = BatchProcess(self._iter_numpy_here, self._memory_here,
-                                                      schema=self._batch_schema(), max_rows=self.batch_size, depth=ahead)
+                                                      schema=self._batch_schema(), max_rows=self.batch_size,
+                                                      depth=max(2, self.batches_ahead))
         return None if proc.busy else proc
 
     def close(self) -> None:
