@@ -266,7 +266,8 @@ def _plot_history(result, out, mpl) -> Path | None:
 
     _, Figure, Canvas, _, _ = mpl
     hist = result.get("history") or {}
-    curves = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items() if k != "epoch" and np.size(v)}
+    curves = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()
+              if k not in ("epoch", "seconds") and np.size(v)}  # losses only: the epochs' wall times are not a loss
     if not curves:
         return None
     fig = Figure()

@@ -281,18 +281,63 @@ def reproduce(
         if hunt.get("result") is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             bump_pngs.append(_plot_bump_hunt(name, run, signal, hunt, Path(out_dir)))
+    for run in _runs_needed(study, name, None):
+        if run not in rows_by_run:  # not asked for this time: its results from an earlier --run, if any
+            rows = _stored_rows(study, run)
+            if rows is not None:
+                rows_by_run[run] = rows
     compared = [compare(ref, rows_by_run) for ref in refs]
     for c in compared:
         if c["metric"] in BUMP_METRICS and (c["runs"][0], c["signal"]) in bump_notes:
             c["note"] = "; ".join(x for x in (c.get("note"), bump_notes[(c["runs"][0], c["signal"])]) if x)
-    if runs:
-        compared = [c for c in compared if all(r in needed for r in c["runs"])]
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
     table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings,
-                              extra_pngs=bump_pngs)
+                              extra_pngs=bump_pngs, costs=_costs(study, list(rows_by_run)))
     echo(f"{name}: {table}")
     return {"preset": name, "study": study, "rows": compared, "table": table, "pngs": pngs, "seconds": seconds}
+
+
+def _stored_rows(study: Study, run: str) -> list[dict] | None:
+    """A run's committed result rows if they carry its current settings hash (else None): a run
+    made by an earlier ``--run`` keeps its place in the table without being trained again."""
+    from jetscan.jobs.train import run_settings
+    from jetscan.storage import results
+
+    rows = results.rows_with_results(study.store, run, settings_hash(run_settings(study, run)))
+    if rows and rows[0].get("kind") == "tagger":
+        rows = _with_accuracy_band(study, run, rows)
+    return rows
+
+
+def _costs(study: Study, runs: list[str]) -> dict[str, list[dict]]:
+    """What the preset cost on this machine, from what the store recorded as the work was done
+    (so work reused from earlier invocations counts too): per sample, the worker-seconds of its
+    generation shards (sum and median shard); per run, the training time, epochs and jets."""
+    from jetscan.jobs.train import _load_checkpoint
+    from jetscan.storage import catalog
+
+    samples = []
+    for name in study.samples:
+        try:
+            t = catalog.read_catalog(study.store, name)
+        except Exception:  # noqa: BLE001 - nothing generated yet
+            continue
+        secs = np.asarray(t.column("seconds").to_pylist(), dtype=float)
+        jets = np.asarray(t.column("n_jets").to_pylist(), dtype=float)
+        if len(secs):
+            samples.append({"sample": name, "shards": len(secs), "jets": int(jets.sum()), "seconds": float(secs.sum()),
+                            "ms_per_jet_median": float(np.median(1e3 * secs / np.maximum(jets, 1)))})
+    trained = []
+    for run in runs:
+        ckpt = _load_checkpoint(study, run)
+        if ckpt and ckpt.get("finished"):
+            s = ckpt["summary"]
+            seconds = s.get("epoch_seconds") or s["seconds"]  # every epoch's, over resumes (older runs: the last call's)
+            trained.append({"run": run, "seconds": float(seconds), "epochs_run": int(s["epochs_run"]),
+                            "best_epoch": int(s["best_epoch"]), "train_jets": int(s["train_jets"]),
+                            "world_size": int(s.get("world_size", 1))})
+    return {"samples": samples, "runs": trained}
 
 
 def _bump_hunt(study: Study, run: str, signal: str) -> dict:
@@ -458,7 +503,8 @@ def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
 
 
 def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink: float | None = None,
-                timings: dict | None = None, extra_pngs: Iterable[Path] = ()) -> tuple[Path, list[Path]]:
+                timings: dict | None = None, extra_pngs: Iterable[Path] = (),
+                costs: dict | None = None) -> tuple[Path, list[Path]]:
     """``<out>/<name>.md`` and ``<out>/<name>-<figure>.png`` (and ``extra_pngs``, drawn before); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     pngs = list(extra_pngs)
@@ -497,6 +543,8 @@ def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink:
     lines += ["", "## Samples", "", "| sample | process | jets | train | val | test |", "|---|---|---|---|---|---|"]
     for s, n in sizes.items():
         lines.append(f"| {s} | {study.sample(s).process} | {n['jets']} | {n['train']} | {n['val']} | {n['test']} |")
+    if costs:
+        lines += _cost_lines(costs)
     if timings:
         lines += ["", "## Wall time (this invocation; work done before is reused)", "",
                   "| stage | seconds |", "|---|---|"]
@@ -506,6 +554,24 @@ def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink:
     path = out / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path, pngs
+
+
+def _cost_lines(costs: dict) -> list[str]:
+    lines = []
+    if costs.get("samples"):
+        lines += ["", "## Cost: generation (recorded per shard in the catalog; one worker per shard)", "",
+                  "| sample | shards | jets | worker-seconds | median ms per jet |", "|---|---|---|---|---|"]
+        lines += [f"| {c['sample']} | {c['shards']} | {c['jets']} | {c['seconds']:.0f} | {c['ms_per_jet_median']:.1f} |"
+                  for c in costs["samples"]]
+        median_s = sum(c["ms_per_jet_median"] * c["jets"] for c in costs["samples"]) / 1e3
+        lines += ["", f"At the median shard speed the samples take {median_s:.0f} worker-seconds "
+                  "(the sum above also counts shards slowed by other work on the machine)."]
+    if costs.get("runs"):
+        lines += ["", "## Cost: training (recorded in each run's checkpoint)", "",
+                  "| run | seconds | epochs run | best epoch | training jets | workers |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['run']} | {c['seconds']:.0f} | {c['epochs_run']} | {c['best_epoch']} | {c['train_jets']} | "
+                  f"{c['world_size']} |" for c in costs["runs"]]
+    return lines
 
 
 # --------------------------------------------------------------------------------------

@@ -322,7 +322,7 @@ def train(
             group["target_lr"] = group["lr"] * factor
     _warm_up(optimizers, factor, 0.0, cfg.warmup_epochs)
 
-    start_epoch, history, best = 0, {"epoch": [], "train_loss": [], "val_loss": []}, None
+    start_epoch, history, best = 0, {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}, None
     if ckpt is not None and factor != 1.0 and ckpt.get("world_size", comm.size) != comm.size:
         raise StorageError(
             f"run {run!r} was checkpointed on {ckpt['world_size']} workers with lr_scaling {cfg.lr_scaling!r}, "
@@ -338,6 +338,7 @@ def train(
             opt_adv.load_state_dict(ckpt["opt_adv"])
         _set_rng_state(ckpt["rng"])
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+        history.setdefault("seconds", [float("nan")] * len(history["epoch"]))  # a checkpoint from before epochs were timed
     else:
         comm.broadcast_state(module, optimizer)
         if adversary is not None:
@@ -353,6 +354,7 @@ def train(
     stale = 0 if best is None else (history["epoch"][-1] - best["epoch"] if history["epoch"] else 0)
     done_now = 0
     for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
         module.train()
         total, n = 0.0, 0
         warming = factor != 1.0 and epoch < cfg.warmup_epochs
@@ -382,6 +384,7 @@ def train(
         history["epoch"].append(epoch)
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
+        history["seconds"].append(time.perf_counter() - t_epoch)  # wall time of the epoch, validation included
         if best is None or val_loss < best["val_loss"]:
             best = {"epoch": epoch, "val_loss": val_loss, "state": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}}
             stale = 0
@@ -442,7 +445,8 @@ def _finish(study: Study, p: Prepared, module, history: dict, *, best_epoch: int
         "best_epoch": best_epoch,
         "best_val_loss": float(min(history["val_loss"])),
         "train_jets": p.train_stream.n_jets_total,
-        "seconds": seconds,
+        "seconds": seconds,  # this invocation's (a resumed run's earlier epochs are in history["seconds"])
+        "epoch_seconds": float(np.nansum(history.get("seconds", []))),
         "world_size": comm.size,
         "global_batch": p.batch_size,
     }

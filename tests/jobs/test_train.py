@@ -136,7 +136,10 @@ def test_resume_reaches_the_same_weights(study, tmp_path):
     wa, wb = load_trained(a, "dense")[2], load_trained(b, "dense")[2]
     for k in wa["model"]:
         torch.testing.assert_close(wa["model"][k], wb["model"][k], rtol=0, atol=0)
-    assert wa["history"] == wb["history"]
+    timed = {k: v for k, v in wa["history"].items() if k != "seconds"}
+    assert timed == {k: v for k, v in wb["history"].items() if k != "seconds"}
+    assert len(wb["history"]["seconds"]) == 3 and all(s > 0 for s in wb["history"]["seconds"])  # resumed epochs too
+    assert wb["summary"]["epoch_seconds"] == pytest.approx(sum(wb["history"]["seconds"]))
     # a finished run is not trained again
     assert train(b, "dense") == wb["summary"]
 
