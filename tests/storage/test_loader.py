@@ -383,6 +383,30 @@ def test_decode_process_ends_with_close_or_with_its_consumer(study, tmp_path):
     assert not os.path.exists(f"/proc/{child}")
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux CPU affinity")
+def test_decode_process_keeps_off_its_consumers_cpu(study):
+    """The child runs on the consumer's allowed CPUs except the one the consumer ran on when it
+    started (so a wake-up does not preempt the training loop); a consumer allowed one CPU shares it."""
+    import os
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        if len(allowed) > 1:
+            stream = _process_stream(study)
+            next(iter(stream.iter_numpy(epoch=0)))
+            child = os.sched_getaffinity(stream._batch_process._proc.pid)
+            assert child < allowed and len(child) == len(allowed) - 1
+            stream.close()
+        one = {min(allowed)}
+        os.sched_setaffinity(0, one)
+        stream = _process_stream(study)
+        assert len(list(stream.iter_numpy(epoch=0))) > 0
+        assert os.sched_getaffinity(stream._batch_process._proc.pid) == one
+        stream.close()
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def test_batches_ahead_thread_keeps_order_stops_early_and_raises_where_it_failed(study, monkeypatch):
     """data.decode_process off: a thread assembles the batches ahead; leaving the loop early
     stops it (the stream's buffers come back), and a read error is raised at its place."""
