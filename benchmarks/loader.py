@@ -21,7 +21,10 @@ store, loading arrays for the in-memory side) to its end.
    JetStream with 1 and ``--workers`` decode workers, the cache off and at ``--cache-mb``, all
    with its decode process (``data.decode_process``, the default), and once without it (decode
    threads in the consumer's process, as before).
-   Ratio streamed / in-memory over whole epochs (target >= 0.95), cold and warm.
+   Ratio streamed / in-memory over whole epochs (target >= 0.95), cold and warm. The sides run
+   in ``--repeats`` interleaved rounds (the machine's speed drifts between minutes: decode
+   rates of 63k and 87k jets per CPU-second were seen minutes apart); each round gives its
+   ratios, and the median and range over the rounds are reported.
 3. **memory**: peak RSS of a fresh process making one pass over a ``--jets`` and a
    ``--big-jets`` store (same settings), next to the loader's own accounting
    (``JetStream.memory()``: cache + shuffle buffer + read-ahead, bounded by ``data.cache_mb``).
@@ -36,7 +39,7 @@ from the real jets repeated, and its files are copied to fill the sample (real j
 compressed chunks, made in seconds). Appends one JSON line to ``benchmarks/results.jsonl``.
 
     python benchmarks/loader.py [--jets 100000] [--big-jets 1000000] [--epochs 3] [--rate 50000]
-                                [--workers 2] [--cache-mb 256] [--quick]
+                                [--workers 2] [--cache-mb 256] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = ("qcd", "top")
@@ -279,13 +284,14 @@ def main() -> None:
     ap.add_argument("--ahead", type=int, default=4, help="data.batches_ahead (slots of the decode process)")
     ap.add_argument("--base-store", help="a store with qcd and top and heimel40 (default: preprocess.py's)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "jetscan-bench"))
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the consumer sides, interleaved")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     if args.quick:
-        args.jets, args.big_jets, args.epochs, args.cache_mb = 20_000, 40_000, 2, 16
+        args.jets, args.big_jets, args.epochs, args.cache_mb, args.repeats = 20_000, 40_000, 2, 16, 1
 
     from _common import append_result, cpu_device, git_rev
 
@@ -338,26 +344,38 @@ def main() -> None:
     # the same stream without its decode process: decode threads in the consumer's process
     sides[f"in-process {args.workers}w cache off"] = {"mode": "train", "workers": args.workers, "cache_mb": 0,
                                                       "process": False, "ahead": args.ahead}
-    res = {}
-    for name, side in sides.items():
-        raw = run_child({**common, **side}, cold=True)
-        r = rates(raw)
-        res[name] = {**r, "raw": raw}
-        mem = raw.get("memory", {})
-        print(f"   {name:26s} cold {r['cold_rate']:8.0f} warm {r['warm_rate']:8.0f} jets/s, first batch cold "
-              f"{r['cold_first_batch_ms']:6.1f} ms warm {r['warm_first_batch_ms']:6.1f} ms; loop {r['loop_s']:6.2f} s, "
-              f"wall {r['wall_s']:6.2f} s (start-up {r['startup_s']:5.2f} s), peak RSS {raw['rss_peak_mb']:6.0f} MB"
-              + (f", cache held {mem['cache_bytes'] / 2**20:.0f} MiB of {raw['data_bytes'] / 2**20:.0f} MiB"
-                 if mem else ""))
-    m = res["in-memory"]
+    rounds = []  # the sides interleaved, round after round: the machine's drifts hit every side alike
+    for k in range(args.repeats):
+        res = {}
+        for name, side in sides.items():
+            raw = run_child({**common, **side}, cold=True)
+            r = rates(raw)
+            res[name] = {**r, "raw": raw}
+            mem = raw.get("memory", {})
+            print(f"   [{k + 1}/{args.repeats}] {name:26s} cold {r['cold_rate']:8.0f} warm {r['warm_rate']:8.0f} jets/s, "
+                  f"first batch cold {r['cold_first_batch_ms']:6.1f} ms warm {r['warm_first_batch_ms']:6.1f} ms; "
+                  f"loop {r['loop_s']:6.2f} s, wall {r['wall_s']:6.2f} s (start-up {r['startup_s']:5.2f} s), "
+                  f"peak RSS {raw['rss_peak_mb']:6.0f} MB"
+                  + (f", cache held {mem['cache_bytes'] / 2**20:.0f} MiB of {raw['data_bytes'] / 2**20:.0f} MiB"
+                     if mem else ""))
+        rounds.append(res)
     ratios = {}
     for name in list(sides)[1:]:
-        r = res[name]
-        ratios[name] = {"cold": r["cold_rate"] / m["cold_rate"], "warm": r["warm_rate"] / m["warm_rate"],
-                        "all_epochs": r["all_rate"] / m["all_rate"], "wall": m["wall_s"] / r["wall_s"]}
-        print(f"ratio {name} / in-memory: whole epochs cold {ratios[name]['cold']:.3f}, warm {ratios[name]['warm']:.3f}, "
-              f"all {ratios[name]['all_epochs']:.3f} (target >= 0.95); wall incl. start-up "
-              f"{ratios[name]['wall']:.3f}")
+        per_round = {"cold": [], "warm": [], "all_epochs": [], "wall": []}
+        for res in rounds:
+            r, m = res[name], res["in-memory"]
+            per_round["cold"].append(r["cold_rate"] / m["cold_rate"])
+            per_round["warm"].append(r["warm_rate"] / m["warm_rate"])
+            per_round["all_epochs"].append(r["all_rate"] / m["all_rate"])
+            per_round["wall"].append(m["wall_s"] / r["wall_s"])
+        ratios[name] = {k: float(np.median(v)) for k, v in per_round.items()}
+        ratios[name]["rounds"] = per_round
+        spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in per_round.items()}
+        print(f"ratio {name} / in-memory, median of {args.repeats} rounds (range): whole epochs cold "
+              f"{ratios[name]['cold']:.3f} ({spread['cold']}), warm {ratios[name]['warm']:.3f} ({spread['warm']}), "
+              f"all {ratios[name]['all_epochs']:.3f} ({spread['all_epochs']}) (target >= 0.95); wall incl. start-up "
+              f"{ratios[name]['wall']:.3f} ({spread['wall']})")
+    res = {name: [rd[name] for rd in rounds] for name in sides}
     result["consumer"] = {"sides": res, "ratios": ratios}
 
     print(f"3. memory: one pass, {args.workers} decode workers, cache_mb {args.cache_mb}, no consumer, fresh processes")

@@ -370,10 +370,11 @@ class _Child:
         self.ring.write(self.written % self.ring.depth, kind, epoch, batch, _stats(self.stats_fn))
         self.written += 1
         self.filled.release()
+        if self.written == 1:  # until its first batch the consumer only waits: every CPU was for the child
+            _away_from_parent()
 
 
 def _child_main(make_epoch, stats_fn, conn, ring: _Ring, filled, free) -> None:
-    _away_from_parent()
     try:
         _Child(make_epoch, stats_fn, conn, ring, filled, free).serve()
     except (EOFError, BrokenPipeError, KeyboardInterrupt, _Quit):
@@ -386,8 +387,9 @@ def _away_from_parent() -> None:
     Woken by the consumer's semaphore posts, a child is placed by Linux's wake-affine rule on the
     waker's CPU: it then preempts the training loop it feeds, and the loop's steps and waits run
     late. On 2 cores ``benchmarks/loader.py``'s consumer went from 40.7-41.9k to 42.3-43.5k jets/s
-    in warm epochs (the in-memory side: 44.3k) with the child kept off it. A consumer allowed a
-    single CPU leaves its child there too."""
+    in warm epochs (the in-memory side: 44.3k) with the child kept off it. Called once the first
+    batch is out: until then the consumer only waits, and the first shuffle buffer fills faster
+    on every CPU. A consumer allowed a single CPU leaves its child there too."""
     try:
         cpus = os.sched_getaffinity(0)
         with open(f"/proc/{os.getppid()}/stat") as f:  # field 39: the CPU the process last ran on

@@ -388,14 +388,20 @@ def test_decode_process_keeps_off_its_consumers_cpu(study):
     """The child runs on the consumer's allowed CPUs except the one the consumer ran on when it
     started (so a wake-up does not preempt the training loop); a consumer allowed one CPU shares it."""
     import os
+    import time
 
     allowed = os.sched_getaffinity(0)
     try:
         if len(allowed) > 1:
             stream = _process_stream(study)
-            next(iter(stream.iter_numpy(epoch=0)))
+            batches = stream.iter_numpy(epoch=0)
+            next(batches)  # the child moves once its first batch is out (until then the consumer only waits)
+            deadline = time.time() + 10
+            while os.sched_getaffinity(stream._batch_process._proc.pid) == allowed and time.time() < deadline:
+                time.sleep(0.01)
             child = os.sched_getaffinity(stream._batch_process._proc.pid)
             assert child < allowed and len(child) == len(allowed) - 1
+            batches.close()
             stream.close()
         one = {min(allowed)}
         os.sched_setaffinity(0, one)
