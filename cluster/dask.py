@@ -100,7 +100,7 @@ def open_client(
     elif cluster is None:
         import dask
 
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(), **_QUIET_WORKERS}):
             made = LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, silence_logs=40,
@@ -117,6 +117,13 @@ def open_client(
             client.close()
     finally:
         made.close()
+
+
+#: a local cluster's workers run long CPU-bound cells and nobody watches a dashboard (none is
+#: started): their statistical profiler, which takes the GIL every 10 ms to sample every
+#: thread's stack, only slows the cells down. Users who want it set it back in their dask config
+#: for a scheduler of their own (--scheduler).
+_QUIET_WORKERS = {"distributed.worker.profile.enabled": False}
 
 
 def _worker_environ() -> dict:
