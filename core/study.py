@@ -292,13 +292,14 @@ class DataConfig(_Frozen):
         description="threads reading and decoding chunks (decompression releases the GIL); the batches do not "
         "depend on it",
     )
-    decode_process: bool = Field(
-        True,
-        exclude_if=lambda v: v is True,  # a performance knob: at its default it stays out of dumps and run hashes
+    decode_process: bool | Literal["auto"] = Field(
+        "auto",
+        exclude_if=lambda v: v == "auto",  # a performance knob: at its default it stays out of dumps and run hashes
         description="make the batches (reads, decompression, shuffling) in a child process forked from the "
         "consumer, which takes them from shared memory, so a Python training loop never waits for the decode "
-        "threads' GIL (false, or a platform without fork: threads in the consumer's process); the batches do "
-        "not depend on it",
+        "threads' GIL (false, or a platform without fork: threads in the consumer's process; auto: the child "
+        "only for a stream whose decoded jets do not fit its cache, which decodes every epoch; one that fits "
+        "is decoded once, in the consumer's process, and served from the cache); the batches do not depend on it",
     )
     batches_ahead: int = Field(
         4,

@@ -32,7 +32,9 @@ in memory:
   ``data.prefetch_chunks`` chunks while the current ones are consumed (zarr's blosc / zstd
   decompression and numpy's copies release the GIL). Results are taken in chunk order, so
   the batches are the same for any number of workers;
-- **decode process**: with ``data.decode_process`` (the default, where the platform forks) all
+- **decode process**: with ``data.decode_process`` (``auto``, the default, where the platform
+  forks: for a stream whose decoded jets do not fit its cache, so that every epoch decodes; a
+  stream that fits is decoded once in the consumer's process and served from the cache) all
   of the above runs in one child process forked from the consumer and kept for the stream's
   life (its cache and read-ahead survive between epochs); the consumer copies ready batches
   out of ``data.batches_ahead`` shared-memory slots, so a Python training loop never waits for
@@ -433,11 +435,16 @@ class JetStream(torch.utils.data.IterableDataset):
 
     def _decode_process(self) -> BatchProcess | None:
         """The child process making this stream's batches (``data.decode_process``), or None to make them here:
-        the option off, no fork on this platform, a store that is not a local path (object-store clients do
+        the option off, or ``auto`` with the stream's decoded jets fitting its cache, no fork on this platform, a store that is not a local path (object-store clients do
         not survive a fork), inside a DataLoader worker (already a process of its own) or a daemonic process
         (Dask and Pool workers may not start children), or while another epoch of this stream is being read
         from it."""
-        if not self.study.data.decode_process or not fork_available():
+        setting = self.study.data.decode_process
+        if setting is False or not fork_available():
+            return None
+        if setting == "auto" and self.n_jets_total * self.row_bytes <= self._cache_budget:
+            # fits in the cache: decoded once (the first epoch) and then only gathered; a child
+            # would cost a fork, copy-on-write faults and a handover per batch for nothing
             return None
         store = str(self.study.store)
         if "://" in store and not store.startswith("file://"):  # object-store clients are not fork-safe

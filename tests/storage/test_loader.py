@@ -288,6 +288,9 @@ def test_decode_workers_is_validated_and_stays_out_of_dumps_at_its_default(tiny_
     off = _with_data(study, decode_process=False, batches_ahead=0)
     back = Study.from_dict(yaml.safe_load(off.to_yaml())).data
     assert back.decode_process is False and back.batches_ahead == 0
+    assert Study.from_dict(yaml.safe_load(_with_data(study, decode_process=True).to_yaml())).data.decode_process is True
+    with pytest.raises(ValueError, match="decode_process"):
+        DataConfig(decode_process="sometimes")
     with pytest.raises(ValueError, match="batches_ahead"):
         DataConfig(batches_ahead=-1)
 
@@ -297,6 +300,22 @@ def _process_stream(study, **kw):
     stream = JetStream(_with_data(study, decode_process=True, batches_ahead=2, shuffle_buffer_jets=32),
                        ["qcd", "top"], "heimel40", batch_size=16, **kw)
     return stream
+
+
+def test_decode_process_auto_forks_only_for_a_stream_larger_than_its_cache(study):
+    """auto (the default): the child for a stream that decodes every epoch (its jets do not fit
+    its cache), none for one decoded once and served from the cache; the batches are the same."""
+    want = list(JetStream(_with_data(study, decode_process=False, shuffle_buffer_jets=32), ["qcd", "top"],
+                          "heimel40", batch_size=16).iter_numpy(epoch=0))
+    fits = JetStream(_with_data(study, shuffle_buffer_jets=32), ["qcd", "top"], "heimel40", batch_size=16)
+    assert fits.n_jets_total * fits.row_bytes <= fits._cache_budget
+    _assert_same_batches(fits.iter_numpy(epoch=0), want)
+    assert fits._batch_process is None
+    streamed = JetStream(_with_data(study, shuffle_buffer_jets=32, cache_mb=0), ["qcd", "top"], "heimel40",
+                         batch_size=16)
+    _assert_same_batches(streamed.iter_numpy(epoch=0), want)
+    assert streamed._batch_process is not None and streamed._batch_process._proc.is_alive()
+    streamed.close()
 
 
 def test_decode_process_left_epochs_and_guessed_epochs_give_the_asked_batches(study):
@@ -360,7 +379,7 @@ def test_decode_process_ends_with_close_or_with_its_consumer(study, tmp_path):
     assert not proc._proc.is_alive() and proc._ring.buf.closed
     # a consumer killed with SIGKILL (a killed training rank): its decode process leaves too,
     # releasing the consumer's stdout (a launcher waiting for it would wait forever)
-    (tmp_path / "study.yaml").write_text(study.to_yaml())
+    (tmp_path / "study.yaml").write_text(_with_data(study, decode_process=True).to_yaml())
     script = tmp_path / "consumer.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal
