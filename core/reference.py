@@ -12,14 +12,16 @@ sculpting plots) has no row here. Each row:
   after the loss cut (``s_over_b_before``, ``s_over_b_after``: Farina's bump hunt, which
   ``jetscan reproduce`` computes from the run's test scores, :mod:`jetscan.core.bumphunt`);
 - ``value``: the published number; ``range``: (lo, hi) where the paper gives a range;
+  ``rounding``: half a unit in the last digit the statement quotes (:func:`quoted_half_unit`);
 - ``paper_size``: the paper's sample sizes; ``note``: what the comparison must keep in mind.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["REFERENCE", "reference_rows", "PAPERS"]
+__all__ = ["REFERENCE", "reference_rows", "PAPERS", "quoted_half_unit"]
 
 PAPERS = {
     "heimel": "Heimel, Kasieczka, Plehn, Thompson, arXiv:1808.08979",
@@ -32,9 +34,27 @@ _FARINA_SIZE = "AEs train on 100k QCD; test as the CMS top sample (400k + 400k)"
 _MS_SIZE = "1.2M + 1.2M train, 400k + 400k test"
 
 
+def quoted_half_unit(what: str, value: float) -> float:
+    """Half a unit in the last digit the paper quotes ``value`` with, read off the statement
+    ``what`` ("AUC about 0.70" -> 0.005, "from about 4% ..." for 0.04 -> 0.005); 0 when the
+    statement does not hold the number. A number quoted as 0.89 stands for 0.885-0.895, so a
+    comparison cannot be finer than that."""
+    best = None
+    for tok in re.findall(r"(?<![\d.])\d+(?:\.\d+)?%?", what):
+        pct = tok.endswith("%")
+        digits = tok.rstrip("%")
+        decimals = len(digits.split(".")[1]) if "." in digits else 0
+        number = float(digits) / (100.0 if pct else 1.0)
+        if abs(number - value) <= 1e-12 * max(1.0, abs(value)):
+            decimals += 2 if pct else 0
+            best = decimals if best is None else max(best, decimals)
+    return 0.0 if best is None else 0.5 * 10.0 ** -best
+
+
 def _row(id_, what, runs, signal, metric, value, paper_size, paper, note="", range_=None) -> dict[str, Any]:
     return {"id": id_, "what": what, "runs": tuple(runs), "signal": signal, "metric": metric, "value": float(value),
-            "range": range_, "paper_size": paper_size, "paper": PAPERS[paper], "note": note}
+            "range": range_, "rounding": 0.0 if range_ else quoted_half_unit(what, float(value)),
+            "paper_size": paper_size, "paper": PAPERS[paper], "note": note}
 
 
 _DENSE = [f"dense_ae_{i}" for i in range(1, 6)]

@@ -212,7 +212,8 @@ def compare(ref: dict, rows_by_run: dict[str, list[dict]]) -> dict:
     sub = float(np.sqrt(np.nanmean(np.square(stds)))) if np.isfinite(stds).any() else float("nan")
     spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     band = math.hypot(sub, spread) if math.isfinite(sub) else (spread if len(values) > 1 else float("nan"))
-    lo, hi = ref["range"] if ref.get("range") else (ref["value"], ref["value"])
+    half = float(ref.get("rounding") or 0.0)  # a quoted 0.89 stands for 0.885-0.895
+    lo, hi = ref["range"] if ref.get("range") else (ref["value"] - half, ref["value"] + half)
     diff = 0.0 if lo <= ours <= hi else (ours - hi if ours > hi else ours - lo)
     pull = diff / band if band and math.isfinite(band) and band > 0 else float("nan")
     verdict = "no band" if not math.isfinite(pull) else ("agrees" if abs(pull) <= AGREE_BANDS else "differs")
@@ -524,7 +525,9 @@ def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink:
         "",
         "Ours: the metric on the whole test split; band: the standard deviation over 10 disjoint test subsamples "
         "(for repeated trainings, the mean over the runs, the band combined in quadrature with their spread). "
-        f"Pull: (ours - paper) / band (0 inside a published range); verdict: agrees within {AGREE_BANDS:g} bands. "
+        "Pull: (ours - paper) / band, measured from the nearer edge of a published range or of the rounding of a "
+        "quoted value (0.89 stands for 0.885-0.895), 0 inside it; "
+        f"verdict: agrees within {AGREE_BANDS:g} bands. "
         "Our detector model is not Delphes: expect agreement in trend and rough size.",
         "",
         "| figure | paper | run(s) | signal | metric | paper value | paper sizes | ours | band | pull | verdict | our sizes | notes |",

@@ -181,9 +181,26 @@ def test_compare_band_pull_verdict():
     rng = {**ref, "value": 0.785, "range": (0.78, 0.79)}
     assert compare(rng, {"a": [_ours("a", "top", 0.783, 0.01)]})["pull"] == 0.0
     assert compare(rng, {"a": [_ours("a", "top", 0.75, 0.01)]})["pull"] == pytest.approx(-3.0)
+    # a quoted value stands for its rounding interval: 0.89 for 0.885-0.895
+    quoted = {**ref, "rounding": 0.005}
+    assert compare(quoted, {"a": [_ours("a", "top", 0.893, 0.001)]})["pull"] == 0.0
+    assert compare(quoted, {"a": [_ours("a", "top", 0.899, 0.001)]})["pull"] == pytest.approx(4.0)
     # no results for a run; no band (NaN std)
     assert compare(ref, {})["verdict"] == "not run"
     assert compare(ref, {"a": [_ours("a", "top", 0.8, float("nan"))]})["verdict"] == "no band"
+
+
+def test_quoted_half_unit_reads_the_precision_the_paper_quotes():
+    from jetscan.core.reference import quoted_half_unit
+
+    assert quoted_half_unit("adversarial AE, lambda = 5e-4: AUC about 0.70", 0.70) == pytest.approx(0.005)
+    assert quoted_half_unit("image AE vs tops: AUC about 0.89 on a plateau for bottleneck 20-34", 0.89) == pytest.approx(0.005)
+    assert quoted_half_unit("accuracy 94.8%", 0.948) == pytest.approx(0.0005)
+    assert quoted_half_unit("S/B from about 4% to about 25%", 0.25) == pytest.approx(0.005)
+    assert quoted_half_unit("E10 / E100 = 0.51 / 0.04", 0.04) == pytest.approx(0.005)
+    assert quoted_half_unit("a statement without it", 0.5) == 0.0
+    for rows in REFERENCE.values():  # every row without a published range has its rounding
+        assert all(r["range"] or r["rounding"] > 0 for r in rows), [r["what"] for r in rows if not r["rounding"]]
 
 
 def test_bump_hunt_rows_notes_and_plot_from_stored_scores(tmp_path):
