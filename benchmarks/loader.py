@@ -19,8 +19,9 @@ store, loading arrays for the in-memory side) to its end.
    same way), so the consumer never takes more than ``rate`` jets/s. Sides: in-memory numpy
    arrays of the same jets (a shuffled index per epoch, ``torch.from_numpy`` per batch), and
    JetStream with 1 and ``--workers`` decode workers, the cache off and at ``--cache-mb``, all
-   with its decode process (``data.decode_process``, the default), and once without it (decode
-   threads in the consumer's process, as before).
+   with its decode process (``data.decode_process: true``; ``auto``, the default, forks for
+   these streams too, since none fits its cache), and once without it (decode threads in the
+   consumer's process, as before).
    Ratio streamed / in-memory over whole epochs (target >= 0.95), cold and warm. The sides run
    in ``--repeats`` interleaved rounds (the machine's speed drifts between minutes: decode
    rates of 63k and 87k jets per CPU-second were seen minutes apart); each round gives its
