@@ -335,7 +335,9 @@ def _costs(study: Study, runs: list[str]) -> dict[str, list[dict]]:
         if ckpt and ckpt.get("finished"):
             s = ckpt["summary"]
             seconds = s.get("epoch_seconds") or s["seconds"]  # every epoch's, over resumes (older runs: the last call's)
+            timed = [t for t in ckpt.get("history", {}).get("seconds", []) if math.isfinite(t)]
             trained.append({"run": run, "seconds": float(seconds), "epochs_run": int(s["epochs_run"]),
+                            "median_epoch_s": float(np.median(timed)) if timed else float("nan"),
                             "best_epoch": int(s["best_epoch"]), "train_jets": int(s["train_jets"]),
                             "world_size": int(s.get("world_size", 1))})
     return {"samples": samples, "runs": trained}
@@ -571,9 +573,12 @@ def _cost_lines(costs: dict) -> list[str]:
                   "(the sum above also counts shards slowed by other work on the machine)."]
     if costs.get("runs"):
         lines += ["", "## Cost: training (recorded in each run's checkpoint)", "",
-                  "| run | seconds | epochs run | best epoch | training jets | workers |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c['run']} | {c['seconds']:.0f} | {c['epochs_run']} | {c['best_epoch']} | {c['train_jets']} | "
-                  f"{c['world_size']} |" for c in costs["runs"]]
+                  "Seconds: every epoch's wall time summed, over resumed calls too (a run that shared the machine "
+                  "with other work counts that wait); the median epoch is the steadier figure.", "",
+                  "| run | seconds | median s per epoch | epochs run | best epoch | training jets | workers |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['run']} | {c['seconds']:.0f} | {_fmt(c['median_epoch_s'], 3)} | {c['epochs_run']} | "
+                  f"{c['best_epoch']} | {c['train_jets']} | {c['world_size']} |" for c in costs["runs"]]
     return lines
 
 

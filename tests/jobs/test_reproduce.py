@@ -143,7 +143,7 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
     # the cost sections: every sample's generation and every trained run, from what the store recorded
     trained = runs or [r for ref in REFERENCE[preset] for r in ref["runs"]]
     for run in dict.fromkeys(trained):
-        assert re.search(rf"\| {run} \| \d+ \| \d+ \| \d+ \| \d+ \| 1 \|", table), run
+        assert re.search(rf"\| {run} \| \d+ \| ([\d.e+-]+|-) \| \d+ \| \d+ \| \d+ \| 1 \|", table), run
     for sample in load_preset(preset, shrink=shrink)[0].samples:
         assert re.search(rf"\| {sample} \| \d+ \| \d+ \| \d+ \| \d+\.\d \|", table), sample
     if preset == "macaluso-shih":  # a second call reuses everything: no training, no evaluation
