@@ -140,13 +140,13 @@ def _evaluate_run(study: Study, run: str) -> list[dict]:
     from jetscan.jobs.train import run_settings
     from jetscan.storage import results
 
-    h = settings_hash(run_settings(study, run))
-    rows = results.rows_with_results(study.store, run, h)
-    if rows is None:
-        evaluation = evaluation_for(study, run)
-        evaluation["config"]["run_settings_hash"] = h
-        rows = results.summarise(evaluation)
-        results.write_run(study.store, evaluation, rows)
+    rows = _stored_rows(study, run)
+    if rows is not None:
+        return rows
+    evaluation = evaluation_for(study, run)
+    evaluation["config"]["run_settings_hash"] = settings_hash(run_settings(study, run))
+    rows = results.summarise(evaluation)
+    results.write_run(study.store, evaluation, rows)
     if rows and rows[0].get("kind") == "tagger":
         rows = _with_accuracy_band(study, run, rows)
     return rows

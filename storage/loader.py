@@ -435,7 +435,8 @@ class JetStream(torch.utils.data.IterableDataset):
 
     def _decode_process(self) -> BatchProcess | None:
         """The child process making this stream's batches (``data.decode_process``), or None to make them here:
-        the option off, or ``auto`` with the stream's decoded jets fitting its cache, no fork on this platform, a store that is not a local path (object-store clients do
+        the option off, or ``auto`` with the stream's decoded jets fitting its cache, no fork on this platform,
+        a store that is not a local path (object-store clients do
         not survive a fork), inside a DataLoader worker (already a process of its own) or a daemonic process
         (Dask and Pool workers may not start children), or while another epoch of this stream is being read
         from it."""
