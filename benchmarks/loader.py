@@ -251,6 +251,15 @@ def run_child(spec: dict, *, cold: bool) -> dict:
     return res
 
 
+#: streamed / in-memory ratios of one round (wall: the in-memory side's time over the stream's)
+RATIOS = {
+    "cold": lambda r, m: r["cold_rate"] / m["cold_rate"],
+    "warm": lambda r, m: r["warm_rate"] / m["warm_rate"],
+    "all_epochs": lambda r, m: r["all_rate"] / m["all_rate"],
+    "wall": lambda r, m: m["wall_s"] / r["wall_s"],
+}
+
+
 def rates(res: dict) -> dict:
     ep = res["epochs"]
     cold = ep[0]
@@ -362,13 +371,7 @@ def main() -> None:
         rounds.append(res)
     ratios = {}
     for name in list(sides)[1:]:
-        per_round = {"cold": [], "warm": [], "all_epochs": [], "wall": []}
-        for res in rounds:
-            r, m = res[name], res["in-memory"]
-            per_round["cold"].append(r["cold_rate"] / m["cold_rate"])
-            per_round["warm"].append(r["warm_rate"] / m["warm_rate"])
-            per_round["all_epochs"].append(r["all_rate"] / m["all_rate"])
-            per_round["wall"].append(m["wall_s"] / r["wall_s"])
+        per_round = {k: [ratio(rd[name], rd["in-memory"]) for rd in rounds] for k, ratio in RATIOS.items()}
         ratios[name] = {k: float(np.median(v)) for k, v in per_round.items()}
         ratios[name]["rounds"] = per_round
         spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in per_round.items()}

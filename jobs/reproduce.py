@@ -334,8 +334,9 @@ def _costs(study: Study, runs: list[str]) -> dict[str, list[dict]]:
         ckpt = _load_checkpoint(study, run)
         if ckpt and ckpt.get("finished"):
             s = ckpt["summary"]
-            seconds = s.get("epoch_seconds") or s["seconds"]  # every epoch's, over resumes (older runs: the last call's)
             timed = [t for t in ckpt.get("history", {}).get("seconds", []) if math.isfinite(t)]
+            # every epoch's time, over resumed calls (runs from before epochs were timed, and PCA: the last call's)
+            seconds = sum(timed) if timed else s["seconds"]
             trained.append({"run": run, "seconds": float(seconds), "epochs_run": int(s["epochs_run"]),
                             "median_epoch_s": float(np.median(timed)) if timed else float("nan"),
                             "best_epoch": int(s["best_epoch"]), "train_jets": int(s["train_jets"]),

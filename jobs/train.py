@@ -445,8 +445,7 @@ def _finish(study: Study, p: Prepared, module, history: dict, *, best_epoch: int
         "best_epoch": best_epoch,
         "best_val_loss": float(min(history["val_loss"])),
         "train_jets": p.train_stream.n_jets_total,
-        "seconds": seconds,  # this invocation's (a resumed run's earlier epochs are in history["seconds"])
-        "epoch_seconds": float(np.nansum(history.get("seconds", []))),
+        "seconds": seconds,  # this invocation's (every epoch's, over resumes: history["seconds"])
         "world_size": comm.size,
         "global_batch": p.batch_size,
     }

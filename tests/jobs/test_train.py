@@ -139,7 +139,6 @@ def test_resume_reaches_the_same_weights(study, tmp_path):
     timed = {k: v for k, v in wa["history"].items() if k != "seconds"}
     assert timed == {k: v for k, v in wb["history"].items() if k != "seconds"}
     assert len(wb["history"]["seconds"]) == 3 and all(s > 0 for s in wb["history"]["seconds"])  # resumed epochs too
-    assert wb["summary"]["epoch_seconds"] == pytest.approx(sum(wb["history"]["seconds"]))
     # a finished run is not trained again
     assert train(b, "dense") == wb["summary"]
 
