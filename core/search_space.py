@@ -17,8 +17,9 @@ Pure config (pydantic, no I/O, no optuna): ``jetscan.jobs.search`` turns a
 A parameter is ``hyper.<name>`` (a hyperparameter of the run's model), ``adversary.<field>``
 (``adversary.lambda`` is ``adversary.adv_lambda``; the run needs an ``adversary`` section) or a
 plain run field (``lr``, ``epochs``, ``batch_size``, ``patience``, ``warmup_epochs``,
-``max_fit_jets``, ``optimizer``...). Objectives are the validation loss of training and the
-metrics of evaluation (``jetscan.storage.results``): ``auc``, ``inv_eb_at_0p3`` (alias
+``max_fit_jets``, ``optimizer``...). Objectives are the validation loss of training (for an
+adversarial run the AE's objective ``L_auto - lambda L_adv``) and the metrics of evaluation
+(``jetscan.storage.results``): ``auc``, ``inv_eb_at_0p3`` (alias
 ``inv_eps_b``), ``e10``, ``e100`` against a named signal sample, and the background
 mass-sculpting JSDs ``jsd_50``, ``jsd_80``, ``jsd_95`` (alias ``sculpting`` = ``jsd_50``).
 

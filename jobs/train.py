@@ -202,6 +202,32 @@ def _mean_loss(module, info, stream: JetStream, device, comm: Comm, epoch: int) 
     return total / max(n, 1.0)
 
 
+def _adversarial_val_losses(module, adversary, info, stream: JetStream, device, comm: Comm, epoch: int,
+                            edges: np.ndarray) -> tuple[float, float, float]:
+    """(``L_auto - adv_lambda * L_adv``, ``L_auto``, ``L_adv``): validation means of an adversarial run.
+
+    The first is what the autoencoder is trained to minimise (Heimel et al. sec. 2.3), so model
+    selection and early stopping use it: on ``L_auto`` alone they would keep the epoch that
+    reconstructs best, which is the one that has given up least of its mass information."""
+    module.eval()
+    adversary.eval()
+    auto, adv, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for batch in stream.iter_numpy(epoch=epoch):
+            b = _tensors(batch, device)
+            x = _x(b, info, device)
+            recon = module(x)
+            labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
+            auto += float(module.loss(x, recon).sum())
+            adv += float(adversary.loss(adversary(recon), labels).sum())
+            n += len(x)
+    adversary.train()
+    n = comm.allreduce_mean(float(n)) * comm.size
+    auto = comm.allreduce_mean(auto) * comm.size / max(n, 1.0)
+    adv = comm.allreduce_mean(adv) * comm.size / max(n, 1.0)
+    return auto - adversary.adv_lambda * adv, auto, adv
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
 
@@ -376,7 +402,13 @@ def train(
                 total += float(loss.detach()) * len(batch["x"])
             n += len(batch["x"])
         train_loss = (comm.allreduce_mean(total) * comm.size) / max(comm.allreduce_mean(float(n)) * comm.size, 1.0)
-        val_loss = _mean_loss(module, info, p.val_stream, device, comm, epoch)
+        if adversary is not None:  # the AE's own objective, L_auto - lambda L_adv (and both parts)
+            val_loss, val_auto, val_adv = _adversarial_val_losses(
+                module, adversary, info, p.val_stream, device, comm, epoch, edges)
+            for key, value in (("val_auto", val_auto), ("val_adv", val_adv)):
+                history.setdefault(key, [float("nan")] * len(history["epoch"])).append(value)
+        else:
+            val_loss = _mean_loss(module, info, p.val_stream, device, comm, epoch)
         if warming:  # the rate at the epoch's end: the scaled one once the warm-up is over
             _warm_up(optimizers, factor, epoch + 1, cfg.warmup_epochs)
         if scheduler is not None and epoch + 1 >= cfg.warmup_epochs:  # plateau annealing after the warm-up

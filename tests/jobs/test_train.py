@@ -122,6 +122,14 @@ def test_adversary_mass_bins_hold_equal_qcd_populations(study):
     assert counts.max() - counts.min() <= 1
     summary = train(study, "adv", restart=True)
     assert summary["epochs_run"] == 2
+    # validation, model selection and early stopping follow the AE's own objective,
+    # L_auto - lambda L_adv, not the reconstruction alone (which keeps the least decorrelated epoch)
+    h = load_trained(study, "adv")[2]["history"]
+    auto, adv, val = (np.asarray(h[k]) for k in ("val_auto", "val_adv", "val_loss"))
+    assert len(auto) == len(adv) == len(val) == 2
+    np.testing.assert_allclose(val, auto - 5e-4 * adv, rtol=1e-12)
+    assert np.all(auto > 0) and np.all((adv > 0) & (adv < 2 * np.log(12)))  # per-jet SSE; a 12-class cross entropy
+    assert summary["best_epoch"] == int(np.argmin(val))
 
 
 def test_resume_reaches_the_same_weights(study, tmp_path):
