@@ -48,14 +48,23 @@ def run_processes(
     """Start one local process per argv, wait for all, and return one line per process that
     failed (``"worker 1 (pid 123) exited with 1"``, or killed by a signal); empty if all
     succeeded. ``env`` is added to this process's environment. Interrupting the caller
-    (Ctrl-C) terminates the processes it started."""
+    (Ctrl-C) or sending it SIGTERM (``kill``, ``timeout``) terminates the processes it started
+    first, so none is left running on its own."""
     import os
     import signal
     import subprocess
+    import threading
+
+    def _terminated(signum, frame):
+        raise SystemExit(128 + signum)
 
     full_env = {**os.environ, **(env or {})}
-    procs = [subprocess.Popen(list(argv), env=full_env, cwd=cwd) for argv in argvs]
+    handle_term = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if handle_term else None
+    procs: list[subprocess.Popen] = []
     try:
+        for argv in argvs:
+            procs.append(subprocess.Popen(list(argv), env=full_env, cwd=cwd))
         codes = [p.wait() for p in procs]
     except BaseException:
         for p in procs:
@@ -67,6 +76,9 @@ def run_processes(
             except subprocess.TimeoutExpired:
                 p.kill()
         raise
+    finally:
+        if handle_term:
+            signal.signal(signal.SIGTERM, previous)
     failed = []
     for i, (p, code) in enumerate(zip(procs, codes)):
         if code < 0:
