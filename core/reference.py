@@ -71,7 +71,10 @@ REFERENCE: dict[str, list[dict[str, Any]]] = {
         _row("lola-ae", "LoLa AE vs tops: AUC about 0.92, best bottleneck <= 10", ["lola_ae_b10"], "top", "auc", 0.92,
              _HEIMEL_TOP_SIZE, "heimel", "bottleneck 10"),
         _row("adversarial", "adversarial AE, lambda = 5e-4: AUC about 0.70", ["adv_ae_l5e4"], "top", "auc", 0.70,
-             "adversarial train 600k QCD; test 200k top + 200k QCD", "heimel", "trained on 100k QCD here, not 600k"),
+             "adversarial train 600k QCD; test 200k top + 200k QCD", "heimel",
+             "trained on 100k QCD here, not 600k; the lambda scan of studies/heimel-top-lambda.yaml (20k QCD "
+             "training jets) finds the AUC near 0.75 only at lambda 0.8, where the adversary reading the AE output "
+             "is at chance but the least QCD-like 5% are more sculpted (JSD 0.039 -> 0.092), not flatter"),
         _row("contamination", "3% top contamination, bottleneck 10, lambda 5e-4: AUC 0.65", ["adv_ae_c3_l5e4"], "top",
              "auc", 0.65, _HEIMEL_TOP_SIZE, "heimel"),
         _row("contamination", "3% top contamination, bottleneck 10, lambda 3e-4: AUC about 0.70", ["adv_ae_c3_l3e4"],

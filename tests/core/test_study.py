@@ -24,6 +24,15 @@ def base(**overrides):
     return data
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_validates(path):
+    """The study files users copy from (presets, searches, scans) load with every cross-check."""
+    study = Study.from_yaml(path)
+    assert study.name and study.samples
+    for name in study.search:  # every search names a run of the study (check_search)
+        assert study.search[name].run in study.train.runs
+
+
 def test_quickstart_loads_and_store_is_relative_to_the_file():
     study = Study.from_yaml(ROOT / "studies" / "quickstart.yaml")
     assert set(study.samples) == {"qcd", "top", "gluino"}
