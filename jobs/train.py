@@ -188,18 +188,22 @@ def _batch_loss(module, info, batch, device) -> torch.Tensor:
     return module.loss(x, module(x))
 
 
-def _mean_loss(module, info, stream: JetStream, device, comm: Comm, epoch: int) -> float:
-    module.eval()
-    total, n = 0.0, 0
+def _val_means(stream: JetStream, device, comm: Comm, epoch: int, per_jet, n_values: int = 1) -> list[float]:
+    """Means over the validation split, all ranks together, of the ``n_values`` per-jet tensors
+    that ``per_jet(tensors, batch)`` returns for each batch (no gradients)."""
+    sums, n = [0.0] * n_values, 0
     with torch.no_grad():
         for batch in stream.iter_numpy(epoch=epoch):
-            b = _tensors(batch, device)
-            loss = _batch_loss(module, info, b, device)
-            total += float(loss.sum())
-            n += len(loss)
-    total = comm.allreduce_mean(total) * comm.size
+            values = per_jet(_tensors(batch, device), batch)
+            sums = [total + float(v.sum()) for total, v in zip(sums, values)]
+            n += len(values[0])
     n = comm.allreduce_mean(float(n)) * comm.size
-    return total / max(n, 1.0)
+    return [comm.allreduce_mean(total) * comm.size / max(n, 1.0) for total in sums]
+
+
+def _mean_loss(module, info, stream: JetStream, device, comm: Comm, epoch: int) -> float:
+    module.eval()
+    return _val_means(stream, device, comm, epoch, lambda b, _: (_batch_loss(module, info, b, device),))[0]
 
 
 def _adversarial_val_losses(module, adversary, info, stream: JetStream, device, comm: Comm, epoch: int,
@@ -209,22 +213,17 @@ def _adversarial_val_losses(module, adversary, info, stream: JetStream, device, 
     The first is what the autoencoder is trained to minimise (Heimel et al. sec. 2.3), so model
     selection and early stopping use it: on ``L_auto`` alone they would keep the epoch that
     reconstructs best, which is the one that has given up least of its mass information."""
+
+    def losses(b, batch):
+        x = _x(b, info, device)
+        recon = module(x)
+        labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
+        return module.loss(x, recon), adversary.loss(adversary(recon), labels)
+
     module.eval()
     adversary.eval()
-    auto, adv, n = 0.0, 0.0, 0
-    with torch.no_grad():
-        for batch in stream.iter_numpy(epoch=epoch):
-            b = _tensors(batch, device)
-            x = _x(b, info, device)
-            recon = module(x)
-            labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
-            auto += float(module.loss(x, recon).sum())
-            adv += float(adversary.loss(adversary(recon), labels).sum())
-            n += len(x)
+    auto, adv = _val_means(stream, device, comm, epoch, losses, n_values=2)
     adversary.train()
-    n = comm.allreduce_mean(float(n)) * comm.size
-    auto = comm.allreduce_mean(auto) * comm.size / max(n, 1.0)
-    adv = comm.allreduce_mean(adv) * comm.size / max(n, 1.0)
     return auto - adversary.adv_lambda * adv, auto, adv
 
 
