@@ -188,6 +188,11 @@ def _batch_loss(module, info, batch, device) -> torch.Tensor:
     return module.loss(x, module(x))
 
 
+def _mass_labels(batch: dict, edges: np.ndarray, device) -> torch.Tensor:
+    """The adversary's mass classes of a batch's jets (from its numpy ``mass`` column)."""
+    return torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
+
+
 def _val_means(stream: JetStream, device, comm: Comm, epoch: int, per_jet, n_values: int = 1) -> list[float]:
     """Means over the validation split, all ranks together, of the ``n_values`` per-jet tensors
     that ``per_jet(tensors, batch)`` returns for each batch (no gradients)."""
@@ -217,7 +222,7 @@ def _adversarial_val_losses(module, adversary, info, stream: JetStream, device, 
     def losses(b, batch):
         x = _x(b, info, device)
         recon = module(x)
-        labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
+        labels = _mass_labels(batch, edges, device)
         return module.loss(x, recon), adversary.loss(adversary(recon), labels)
 
     module.eval()
@@ -389,7 +394,7 @@ def train(
                 _warm_up(optimizers, factor, epoch + step / steps, cfg.warmup_epochs)
             b = _tensors(batch, device)
             if adversary is not None:
-                labels = torch.from_numpy(np.asarray(mass_bin_labels(batch["mass"], edges))).to(device)
+                labels = _mass_labels(batch, edges, device)
                 losses = adversarial_step(net, adv_net, optimizer, opt_adv, _x(b, info, device), labels)
                 total += losses.auto * len(batch["x"])
             else:
