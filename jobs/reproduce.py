@@ -14,7 +14,13 @@ The whole story of the command:
 3. The chain reuses everything already done: generation and preprocessing make only missing
    shards, training resumes from its checkpoint and returns at once for a finished run, and a
    run whose results carry its current settings hash (``run_settings_hash``) is not evaluated
-   again (:func:`jetscan.storage.results.rows_with_results`).
+   again (:func:`jetscan.storage.results.rows_with_results`). Beyond one store: ``<out>/<PRESET>.json``,
+   the ledger (:mod:`jetscan.storage.ledger`), keeps every run's result rows and training cost
+   beside the table, keyed by a hash of the run's settings and every sample's generation
+   settings. A run that the store lacks but the ledger holds under its current key is carried
+   into the table (marked so) instead of being trained again, so a preset costing more than
+   one machine's session is built run by run across sessions; ``--run NAME`` makes it here
+   anyway. A table written before ledgers existed seeds the first ledger from its own rows.
 4. ``<out>/<PRESET>.md`` (default ``docs/results/``) and one small PNG per reference figure: each
    published number next to ours, with ours' band (the standard deviation over 10 disjoint test
    subsamples that evaluation computes; for repeated trainings, the mean over the runs with the
@@ -36,6 +42,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
+import re
 import time
 import zlib
 from pathlib import Path
@@ -243,12 +250,17 @@ def reproduce(
     from jetscan.jobs.generate import generate
     from jetscan.jobs.preprocess import preprocess
     from jetscan.jobs.train import train
-    from jetscan.storage import blobs
+    from jetscan.storage import blobs, ledger
 
     echo = echo or (lambda *_: None)
     study, name = load_preset(preset, shrink=shrink, store=store)
-    needed = _runs_needed(study, name, runs)
     blobs.use_storage_options(study.store, study.storage_options)
+    ledger_path = Path(out_dir) / f"{name}.json"
+    led = _read_ledger(ledger_path, study, name, shrink)
+    keys = {run: _ledger_key(study, run) for run in _runs_needed(study, name, None)}
+    needed, carried = _runs_to_make(study, name, runs, led, keys)
+    for run, entry in carried.items():
+        echo(f"{name}: {run} carried from {ledger_path} (made {entry['made_utc']} at {entry['revision']})")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -259,7 +271,8 @@ def reproduce(
     t = time.perf_counter()
     reps = sorted({study.run(r).representation or _model_representation(study, r) for r in needed})
     reps = [r for r in reps if r in study.preprocess.representations]
-    preprocess(study, workers=workers, representations=reps or None, use_ray=use_ray)
+    if needed:
+        preprocess(study, workers=workers, representations=reps or None, use_ray=use_ray)
     timings["preprocess"] = time.perf_counter() - t
     rows_by_run: dict[str, list[dict]] = {}
     t = time.perf_counter()
@@ -282,21 +295,150 @@ def reproduce(
         if hunt.get("result") is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             bump_pngs.append(_plot_bump_hunt(name, run, signal, hunt, Path(out_dir)))
-    for run in _runs_needed(study, name, None):
-        if run not in rows_by_run:  # not asked for this time: its results from an earlier --run, if any
+    for run in keys:
+        if run not in rows_by_run and run not in carried:  # not asked for this time: from an earlier --run, if any
             rows = _stored_rows(study, run)
             if rows is not None:
                 rows_by_run[run] = rows
+    costs = _costs(study, list(rows_by_run))
+    _record_in_ledger(led, study, rows_by_run, keys, costs, bump_notes)
+    for run, entry in carried.items():
+        rows_by_run[run] = entry["rows"]
+        bump_notes.update({(run, sig): note for sig, note in entry.get("notes", {}).items()})
+        if entry.get("cost"):
+            costs["runs"].append({**entry["cost"], "carried": True})
     compared = [compare(ref, rows_by_run) for ref in refs]
     for c in compared:
+        notes = [c.get("note")]
         if c["metric"] in BUMP_METRICS and (c["runs"][0], c["signal"]) in bump_notes:
-            c["note"] = "; ".join(x for x in (c.get("note"), bump_notes[(c["runs"][0], c["signal"])]) if x)
+            notes.append(bump_notes[(c["runs"][0], c["signal"])])
+        notes += [_carried_note(carried[r]) for r in c["runs"] if r in carried]
+        c["note"] = "; ".join(x for x in notes if x)
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
     table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings,
-                              extra_pngs=bump_pngs, costs=_costs(study, list(rows_by_run)))
+                              extra_pngs=bump_pngs, costs=costs,
+                              ledger_name=ledger_path.name if carried else None)
+    ledger.write(ledger_path, led)
     echo(f"{name}: {table}")
     return {"preset": name, "study": study, "rows": compared, "table": table, "pngs": pngs, "seconds": seconds}
+
+
+# --------------------------------------------------------------------------------------
+# the ledger: rows carried across stores (jetscan.storage.ledger)
+
+
+def _ledger_key(study: Study, run: str) -> str:
+    """What a ledger entry must match to stand for ``run``: everything that determines its
+    weights (:func:`jetscan.jobs.train.run_settings`) and the generation settings of every
+    sample, the test-only signals too, since its rows are measured on them."""
+    from jetscan.jobs.train import run_settings
+
+    return settings_hash({"run": run_settings(study, run),
+                          "samples": {s: settings_hash(study.generation_settings(s)) for s in study.samples}})
+
+
+def _runs_to_make(study: Study, preset: str, only: Iterable[str] | None, led: dict,
+                  keys: dict[str, str]) -> tuple[list[str], dict[str, dict]]:
+    """(the runs to train and evaluate here, {run: ledger entry} for those carried instead).
+
+    A run is carried when the store has no results of it and the ledger has an entry with its
+    current key; a run named by ``--run`` is always made here."""
+    from jetscan.storage import ledger
+
+    needed = _runs_needed(study, preset, only)
+    carried = {}
+    for run in keys:
+        if only is not None and run in needed:
+            continue
+        entry = ledger.matching_entry(led, run, keys[run])
+        if entry is not None and _stored_rows(study, run) is None:
+            carried[run] = entry
+    return [r for r in needed if r not in carried], carried
+
+
+def _record_in_ledger(led: dict, study: Study, rows_by_run: dict[str, list[dict]], keys: dict[str, str],
+                      costs: dict, bump_notes: dict) -> None:
+    """Enter every run whose results this store holds; an entry with the same key and rows is
+    kept as it is (its date and revision stay those of the run that made it)."""
+    from jetscan.storage import ledger
+
+    run_costs = {c["run"]: c for c in costs["runs"]}
+    for run, rows in rows_by_run.items():
+        old = ledger.matching_entry(led, run, keys[run])
+        notes = {sig: note for (r, sig), note in bump_notes.items() if r == run} or (old or {}).get("notes", {})
+        if old is not None and ledger.same_rows(old["rows"], rows) and old.get("notes", {}) == notes:
+            continue
+        ledger.record(led, run, keys[run], rows, cost=run_costs.get(run), notes=notes, store=Path(study.store).name)
+
+
+def _carried_note(entry: dict) -> str:
+    return (f"carried from the ledger: made {entry['made_utc'][:16].replace('T', ' ')} UTC at {entry['revision']}"
+            f" in {entry['store']} (not in this store)")
+
+
+def _read_ledger(path: Path, study: Study, name: str, shrink: float | None) -> dict:
+    """The preset's ledger; for a full-size table written before ledgers existed (an ``.md``
+    and no ``.json``), an entry per run that table showed, read back from it (see
+    :func:`_entries_from_table`)."""
+    from jetscan.storage import ledger
+
+    led = ledger.read(path, name)
+    table = path.with_suffix(".md")
+    if not led["runs"] and not path.exists() and shrink is None and table.is_file():
+        for run, entry in _entries_from_table(table.read_text(), study).items():
+            ledger.record(led, run, _ledger_key(study, run), **entry)
+    return led
+
+
+_OUR_SIZE = re.compile(r"test (\d+) (\S+) \+ (\d+) bkg(?:; train (\d+))?$")
+
+
+def _entries_from_table(text: str, study: Study) -> dict[str, dict]:
+    """Ledger entries read back from a table that ``jetscan reproduce`` wrote before it kept a
+    ledger: per single-run row with a result, the metric and its band as printed (3 and 2
+    significant digits) and the sizes; the run's training cost row. Their settings were not
+    recorded, so they are taken as the study's settings today; the source says so."""
+    if text.lstrip().startswith("# ") and "SHRUNK by --shrink" in text:
+        return {}
+    made = re.search(r"on (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", text)
+    made_utc = (made.group(1).replace(" ", "T") + ":00+00:00") if made else "unknown"
+    names = {v: k for k, v in METRIC_NAMES.items()}
+    head, _, rest = text.partition("## Samples")
+    entries: dict[str, dict] = {}
+    for line in head.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 13 or cells[0] == "figure" or cells[10] == "not run" or "," in cells[2]:
+            continue
+        size = _OUR_SIZE.match(cells[11])
+        metric = names.get(cells[4])
+        if size is None or metric is None or cells[2] not in study.train.runs:
+            continue
+        row = {"run": cells[2], "signal": cells[3], metric: _num(cells[7]), f"{metric}_std": _num(cells[8]),
+               "n_signal": int(size.group(1)), "n_background": int(size.group(3)),
+               "n_train_jets": int(size.group(4)) if size.group(4) else None}
+        entry = entries.setdefault(cells[2], {"rows": [], "cost": None, "notes": {}})
+        merged = next((r for r in entry["rows"] if r["signal"] == row["signal"]), None)
+        if merged is None:
+            entry["rows"].append(row)
+        else:
+            merged.update(row)
+    for line in rest.partition("## Cost: training")[2].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] in entries:
+            entries[cells[0]]["cost"] = {
+                "run": cells[0], "seconds": _num(cells[1]), "median_epoch_s": _num(cells[2]),
+                "epochs_run": int(cells[3]), "best_epoch": int(cells[4]), "train_jets": int(cells[5]),
+                "world_size": int(cells[6])}
+    source = (f"read back from the table made {made_utc[:16].replace('T', ' ')} UTC, before the ledger: values as "
+              "printed; its settings were not recorded and are taken as the study's at this reading")
+    return {run: {**e, "store": Path(study.store).name, "source": source, "made_utc": made_utc,
+                  "revision": "before the ledger"} for run, e in entries.items()}
+
+
+def _num(cell: str) -> float:
+    """A number as :func:`_fmt` printed it ("-" for NaN)."""
+    return float("nan") if cell in ("-", "") else float(cell)
 
 
 def _stored_rows(study: Study, run: str) -> list[dict] | None:
@@ -508,7 +650,7 @@ def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
 
 def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink: float | None = None,
                 timings: dict | None = None, extra_pngs: Iterable[Path] = (),
-                costs: dict | None = None) -> tuple[Path, list[Path]]:
+                costs: dict | None = None, ledger_name: str | None = None) -> tuple[Path, list[Path]]:
     """``<out>/<name>.md`` and ``<out>/<name>-<figure>.png`` (and ``extra_pngs``, drawn before); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     pngs = list(extra_pngs)
@@ -526,6 +668,9 @@ def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink:
         f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from the study `{study.name}` "
         f"(store `{Path(study.store).name}`); never edited by hand.",
         "",
+        *([f"Rows whose notes say *carried* come from the ledger `{ledger_name}` beside this table (results of "
+           "earlier invocations whose store is not here, used only while the run's settings and the samples' "
+           "are unchanged: `jetscan.storage.ledger`).", ""] if ledger_name else []),
         "Ours: the metric on the whole test split; band: the standard deviation over 10 disjoint test subsamples "
         "(for repeated trainings, the mean over the runs, the band combined in quadrature with their spread). "
         "Pull: (ours - paper) / band, measured from the nearer edge of a published range or of the rounding of a "
@@ -578,7 +723,7 @@ def _cost_lines(costs: dict) -> list[str]:
                   "with other work counts that wait); the median epoch is the steadier figure.", "",
                   "| run | seconds | median s per epoch | epochs run | best epoch | training jets | workers |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {c['run']} | {c['seconds']:.0f} | {_fmt(c['median_epoch_s'], 3)} | {c['epochs_run']} | "
+        lines += [f"| {c['run']}{' (carried)' if c.get('carried') else ''} | {c['seconds']:.0f} | {_fmt(c['median_epoch_s'], 3)} | {c['epochs_run']} | "
                   f"{c['best_epoch']} | {c['train_jets']} | {c['world_size']} |" for c in costs["runs"]]
     return lines
 

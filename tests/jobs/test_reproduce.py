@@ -154,6 +154,17 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         assert again.exit_code == 0, again.output
         assert {p: p.stat().st_mtime_ns for p in done} == done
         assert (out / f"{preset}.md").read_text().split("## Samples")[0].split("\n")[6:] == comparison.split("\n")[6:]
+        # a call on another store (the first one lost, as between machines) carries both runs from the
+        # ledger beside the table: nothing trained, the same numbers, and the table says where they come from
+        other = tmp_path / "other.zarr"
+        third = CliRunner().invoke(app, [*args[:-1], str(other)], catch_exceptions=False)
+        assert third.exit_code == 0, third.output
+        assert not list(other.glob("_runs/*/checkpoint.pt")) and not list(other.glob("_results/*.parquet"))
+        carried = (out / f"{preset}.md").read_text().split("## Samples")[0]
+        lines = [x for x in carried.splitlines() if x.startswith("| ") and not x.startswith("| figure")]
+        assert [x.split("|")[8:10] for x in lines] == [x.split("|")[8:10] for x in rows]  # ours and band
+        assert all("carried from the ledger" in x for x in lines)
+        assert "(carried)" in (out / f"{preset}.md").read_text()
 
 
 def _ours(run, signal, value, std, n=(100, 100)):
@@ -277,3 +288,52 @@ def test_the_bump_hunt_run_carries_its_own_contamination():
         d["train"]["runs"]["cnn_ae_bump"].update(bad)
         with pytest.raises(ConfigError, match=msg):
             Study.from_dict(d)
+
+
+def test_a_run_is_carried_from_the_ledger_only_with_its_current_settings(tmp_path):
+    """A run missing from the store is carried when the ledger holds it with its current key; a
+    changed run (another key) is made again, and a run named by --run is always made here."""
+    from jetscan.jobs.reproduce import _ledger_key, _runs_to_make
+    from jetscan.storage import ledger
+
+    study, name = load_preset("heimel-top", shrink=2.5e-4, store=str(tmp_path / "none.zarr"))
+    runs = list(study.train.runs)
+    keys = {r: _ledger_key(study, r) for r in runs}
+    assert len(set(keys.values())) == len(runs)  # every run its own key
+    led = ledger.empty(name)
+    ledger.record(led, runs[0], keys[runs[0]], [_ours(runs[0], "top", 0.9, 0.01)], cost=None, notes=None, store="x")
+    ledger.record(led, runs[1], "stale", [_ours(runs[1], "top", 0.9, 0.01)], cost=None, notes=None, store="x")
+    needed, carried = _runs_to_make(study, name, None, led, keys)
+    assert list(carried) == [runs[0]] and needed == runs[1:]
+    needed, carried = _runs_to_make(study, name, [runs[0]], led, keys)
+    assert needed == [runs[0]] and carried == {}
+    needed, carried = _runs_to_make(study, name, [runs[2]], led, keys)
+    assert needed == [runs[2]] and list(carried) == [runs[0]]
+    # a sample's generation settings are part of the key: the test-only signal too
+    other, _ = load_preset("heimel-top", shrink=5e-4, store=str(tmp_path / "none.zarr"))
+    assert _ledger_key(other, runs[0]) != keys[runs[0]]
+
+
+def test_a_table_made_before_the_ledger_is_read_back_into_entries(tmp_path):
+    """The first ledger of a table written before ledgers existed is read back from the table's
+    rows and its training-cost section, with the values as printed."""
+    from jetscan.jobs.reproduce import _entries_from_table, compare, write_table
+
+    study, name = load_preset("heimel-top")
+    refs = REFERENCE[name]
+    ours = {"image_ae_b20": [_ours("image_ae_b20", "top", 0.89861, 0.00171, n=(100000, 100000))],
+            "lola_ae_b10": [_ours("lola_ae_b10", "top", 0.9457, 0.00142, n=(100000, 100000))]}
+    costs = {"samples": [], "runs": [{"run": "lola_ae_b10", "seconds": 307.2, "median_epoch_s": 3.04, "epochs_run": 100,
+                                      "best_epoch": 99, "train_jets": 100000, "world_size": 1}]}
+    table, _ = write_table(study, name, [compare(ref, ours) for ref in refs], tmp_path, costs=costs)
+    entries = _entries_from_table(table.read_text(), study)
+    assert set(entries) == {"image_ae_b20", "lola_ae_b10"}
+    (row,) = entries["lola_ae_b10"]["rows"]
+    assert row == {"run": "lola_ae_b10", "signal": "top", "auc": 0.946, "auc_std": 0.0014, "n_signal": 100000,
+                   "n_background": 100000, "n_train_jets": 500}
+    assert entries["lola_ae_b10"]["cost"]["seconds"] == 307 and entries["lola_ae_b10"]["cost"]["best_epoch"] == 99
+    assert entries["image_ae_b20"]["cost"] is None and entries["image_ae_b20"]["rows"][0]["auc"] == 0.899
+    assert "before the ledger" in entries["lola_ae_b10"]["source"]
+    shrunk, _ = load_preset("heimel-top", shrink=2.5e-4)
+    small, _ = write_table(shrunk, name, [compare(ref, ours) for ref in refs], tmp_path / "s", shrink=2.5e-4)
+    assert _entries_from_table(small.read_text(), shrunk) == {}  # a smoke table's numbers are never carried
