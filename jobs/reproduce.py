@@ -369,7 +369,8 @@ def _record_in_ledger(led: dict, study: Study, rows_by_run: dict[str, list[dict]
         notes = {sig: note for (r, sig), note in bump_notes.items() if r == run} or (old or {}).get("notes", {})
         if old is not None and ledger.same_rows(old["rows"], rows) and old.get("notes", {}) == notes:
             continue
-        ledger.record(led, run, keys[run], rows, cost=run_costs.get(run), notes=notes, store=Path(study.store).name)
+        ledger.record(led, run, keys[run], rows, cost=run_costs.get(run), notes=notes, store=Path(study.store).name,
+                      made_utc=rows[0].get("created_utc") if rows else None)
 
 
 def _carried_note(entry: dict) -> str:

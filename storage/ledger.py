@@ -19,6 +19,9 @@ Layout::
                         "made_utc": "2026-12-02T15:00:00+00:00", "revision": "abc1234" | "abc1234-dirty",
                         "store": "heimel-top.zarr", "source": "store" | "<how a bootstrapped entry was read>"}}}
 
+``made_utc`` is when the run was evaluated; ``revision`` the checkout that wrote the entry
+(the run's code, unless an earlier invocation on the same store made it).
+
 The file is written whole and atomically (a temporary file renamed into place), with sorted
 keys and one value per line, so its diff in a commit shows what changed. Non-finite floats
 are written as JSON's ``NaN`` / ``Infinity`` extensions, which :mod:`json` reads back.
