@@ -13,7 +13,9 @@ sculpting plots) has no row here. Each row:
   ``jetscan reproduce`` computes from the run's test scores, :mod:`jetscan.core.bumphunt`);
 - ``value``: the published number; ``range``: (lo, hi) where the paper gives a range;
   ``rounding``: half a unit in the last digit the statement quotes (:func:`quoted_half_unit`);
-- ``paper_size``: the paper's sample sizes; ``note``: what the comparison must keep in mind.
+- ``paper_size``: the paper's sample sizes; ``note``: what the comparison must keep in mind;
+- ``sculpting``: the table also shows our background mass sculpting of the run(s) (the JSDs
+  evaluation computes), for Heimel et al.'s rows, whose adversary is about exactly that.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def quoted_half_unit(what: str, value: float) -> float:
 def _row(id_, what, runs, signal, metric, value, paper_size, paper, note="", range_=None) -> dict[str, Any]:
     return {"id": id_, "what": what, "runs": tuple(runs), "signal": signal, "metric": metric, "value": float(value),
             "range": range_, "rounding": 0.0 if range_ else quoted_half_unit(what, float(value)),
-            "paper_size": paper_size, "paper": PAPERS[paper], "note": note}
+            "paper_size": paper_size, "paper": PAPERS[paper], "note": note, "sculpting": paper == "heimel"}
 
 
 _DENSE = [f"dense_ae_{i}" for i in range(1, 6)]

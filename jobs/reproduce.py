@@ -224,12 +224,26 @@ def compare(ref: dict, rows_by_run: dict[str, list[dict]]) -> dict:
     diff = 0.0 if lo <= ours <= hi else (ours - hi if ours > hi else ours - lo)
     pull = diff / band if band and math.isfinite(band) and band > 0 else float("nan")
     verdict = "no band" if not math.isfinite(pull) else ("agrees" if abs(pull) <= AGREE_BANDS else "differs")
+    if ref.get("sculpting"):
+        out["sculpting"] = _sculpting_note(ref["runs"], rows_by_run, signal)
     n_sig, n_bkg, n_train = sizes[0]
     our_size = f"test {n_sig} {signal} + {n_bkg} bkg" + (f"; train {n_train}" if n_train else "")
     if len(values) > 1:
         our_size += f"; {len(values)} trainings"
     out.update(ours=ours, band=band, pull=pull, verdict=verdict, our_size=our_size)
     return out
+
+
+def _sculpting_note(runs: Iterable[str], rows_by_run: dict[str, list[dict]], signal: str) -> str:
+    """The runs' background mass sculpting as evaluation measured it (mean over the runs): the
+    JSD between the mass of all test background jets and of the least background-like 50 / 20 /
+    5 % (:mod:`jetscan.storage.results`); "" where the rows do not hold it."""
+    keys = [f"jsd_{r}" for r in (50, 80, 95)]
+    rows = [next((r for r in rows_by_run.get(run, []) if r.get("signal") == signal), {}) for run in runs]
+    if not rows or not all(k in r and r[k] is not None for r in rows for k in keys):
+        return ""
+    jsd = [float(np.mean([r[k] for r in rows])) for k in keys]
+    return "background mass JSD, least background-like 50 / 20 / 5 %: " + " / ".join(f"{v:.3f}" for v in jsd)
 
 
 def reproduce(
@@ -312,6 +326,7 @@ def reproduce(
         notes = [c.get("note")]
         if c["metric"] in BUMP_METRICS and (c["runs"][0], c["signal"]) in bump_notes:
             notes.append(bump_notes[(c["runs"][0], c["signal"])])
+        notes.append(c.get("sculpting"))
         notes += [_carried_note(carried[r]) for r in c["runs"] if r in carried]
         c["note"] = "; ".join(x for x in notes if x)
     seconds = time.perf_counter() - t0

@@ -196,6 +196,14 @@ def test_compare_band_pull_verdict():
     quoted = {**ref, "rounding": 0.005}
     assert compare(quoted, {"a": [_ours("a", "top", 0.893, 0.001)]})["pull"] == 0.0
     assert compare(quoted, {"a": [_ours("a", "top", 0.899, 0.001)]})["pull"] == pytest.approx(4.0)
+    # Heimel's rows show our background mass sculpting (the mean over the runs), when the rows hold it
+    jsd = {"jsd_50": 0.02, "jsd_80": 0.04, "jsd_95": 0.08}
+    sculpt = {**rep, "sculpting": True}
+    both = compare(sculpt, {"a": [{**_ours("a", "top", 0.80, 0.03), **jsd}],
+                            "b": [{**_ours("b", "top", 0.84, 0.04), **jsd, "jsd_95": 0.10}]})
+    assert both["sculpting"] == "background mass JSD, least background-like 50 / 20 / 5 %: 0.020 / 0.040 / 0.090"
+    assert compare(sculpt, {"a": [_ours("a", "top", 0.8, 0.01)], "b": [_ours("b", "top", 0.8, 0.01)]})["sculpting"] == ""
+    assert "sculpting" not in one
     # no results for a run; no band (NaN std)
     assert compare(ref, {})["verdict"] == "not run"
     assert compare(ref, {"a": [_ours("a", "top", 0.8, float("nan"))]})["verdict"] == "no band"
