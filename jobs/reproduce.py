@@ -269,7 +269,8 @@ def reproduce(
     echo = echo or (lambda *_: None)
     study, name = load_preset(preset, shrink=shrink, store=store)
     blobs.use_storage_options(study.store, study.storage_options)
-    ledger_path = Path(out_dir) / f"{name}.json"
+    # a smoke run's ledger is its own file: its entries never replace the full-size ones
+    ledger_path = Path(out_dir) / (f"{name}.json" if shrink is None else f"{name}-shrink{shrink:g}.json")
     led = _read_ledger(ledger_path, study, name, shrink)
     keys = {run: _ledger_key(study, run) for run in _runs_needed(study, name, None)}
     needed, carried = _runs_to_make(study, name, runs, led, keys)
@@ -389,8 +390,10 @@ def _record_in_ledger(led: dict, study: Study, rows_by_run: dict[str, list[dict]
 
 
 def _carried_note(entry: dict) -> str:
-    return (f"carried from the ledger: made {entry['made_utc'][:16].replace('T', ' ')} UTC at {entry['revision']}"
-            f" in {entry['store']} (not in this store)")
+    if entry.get("source", "store") != "store":
+        return f"carried from the ledger ({entry['source']})"
+    return (f"carried from the ledger: evaluated {entry['made_utc'][:16].replace('T', ' ')} UTC at {entry['revision']}"
+            f" in {entry['store']}, not in this store")
 
 
 def _read_ledger(path: Path, study: Study, name: str, shrink: float | None) -> dict:
@@ -400,7 +403,7 @@ def _read_ledger(path: Path, study: Study, name: str, shrink: float | None) -> d
     from jetscan.storage import ledger
 
     led = ledger.read(path, name)
-    table = path.with_suffix(".md")
+    table = path.parent / f"{name}.md"
     if not led["runs"] and not path.exists() and shrink is None and table.is_file():
         for run, entry in _entries_from_table(table.read_text(), study).items():
             ledger.record(led, run, _ledger_key(study, run), **entry)
@@ -446,8 +449,8 @@ def _entries_from_table(text: str, study: Study) -> dict[str, dict]:
                 "run": cells[0], "seconds": _num(cells[1]), "median_epoch_s": _num(cells[2]),
                 "epochs_run": int(cells[3]), "best_epoch": int(cells[4]), "train_jets": int(cells[5]),
                 "world_size": int(cells[6])}
-    source = (f"read back from the table made {made_utc[:16].replace('T', ' ')} UTC, before the ledger: values as "
-              "printed; its settings were not recorded and are taken as the study's at this reading")
+    source = (f"read back from the table of {made_utc[:16].replace('T', ' ')} UTC, made before the ledger: values "
+              "as printed, settings taken as the study's when read")
     return {run: {**e, "store": Path(study.store).name, "source": source, "made_utc": made_utc,
                   "revision": "before the ledger"} for run, e in entries.items()}
 

@@ -165,6 +165,7 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         assert [x.split("|")[8:10] for x in lines] == [x.split("|")[8:10] for x in rows]  # ours and band
         assert all("carried from the ledger" in x for x in lines)
         assert "(carried)" in (out / f"{preset}.md").read_text()
+        assert {p.name for p in out.glob("*.json")} == {f"{preset}-shrink{shrink:g}.json"}  # never the full-size ledger
 
 
 def _ours(run, signal, value, std, n=(100, 100)):

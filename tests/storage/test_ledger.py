@@ -30,6 +30,8 @@ def test_round_trip_keeps_values_nan_and_inf(tmp_path):
     assert ledger.same_rows(entry["rows"], _rows())
     assert not ledger.same_rows(entry["rows"], [{**_rows()[0], "auc": 0.91}])
     assert not list(tmp_path.glob(".*.tmp"))  # written whole, nothing left behind
+    (tmp_path / "table.md").write_text("x")  # the ledger gets a plain file's permissions, as the table beside it
+    assert path.stat().st_mode == (tmp_path / "table.md").stat().st_mode
 
 
 def test_an_entry_made_with_other_settings_is_not_used(tmp_path):
