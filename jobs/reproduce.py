@@ -275,7 +275,7 @@ def reproduce(
     keys = {run: _ledger_key(study, run) for run in _runs_needed(study, name, None)}
     needed, carried = _runs_to_make(study, name, runs, led, keys)
     for run, entry in carried.items():
-        echo(f"{name}: {run} carried from {ledger_path} (made {entry['made_utc']} at {entry['revision']})")
+        echo(f"{name}: {run} {_carried_note(entry)} ({ledger_path})")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -418,7 +418,7 @@ def _entries_from_table(text: str, study: Study) -> dict[str, dict]:
     ledger: per single-run row with a result, the metric and its band as printed (3 and 2
     significant digits) and the sizes; the run's training cost row. Their settings were not
     recorded, so they are taken as the study's settings today; the source says so."""
-    if text.lstrip().startswith("# ") and "SHRUNK by --shrink" in text:
+    if "SHRUNK by --shrink" in text:
         return {}
     made = re.search(r"on (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", text)
     made_utc = (made.group(1).replace(" ", "T") + ":00+00:00") if made else "unknown"
@@ -742,7 +742,8 @@ def _cost_lines(costs: dict) -> list[str]:
                   "with other work counts that wait); the median epoch is the steadier figure.", "",
                   "| run | seconds | median s per epoch | epochs run | best epoch | training jets | workers |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {c['run']}{' (carried)' if c.get('carried') else ''} | {c['seconds']:.0f} | {_fmt(c['median_epoch_s'], 3)} | {c['epochs_run']} | "
+        lines += [f"| {c['run']}{' (carried)' if c.get('carried') else ''} | {c['seconds']:.0f} | "
+                  f"{_fmt(c['median_epoch_s'], 3)} | {c['epochs_run']} | "
                   f"{c['best_epoch']} | {c['train_jets']} | {c['world_size']} |" for c in costs["runs"]]
     return lines
 
