@@ -225,13 +225,24 @@ def compare(ref: dict, rows_by_run: dict[str, list[dict]]) -> dict:
     pull = diff / band if band and math.isfinite(band) and band > 0 else float("nan")
     verdict = "no band" if not math.isfinite(pull) else ("agrees" if abs(pull) <= AGREE_BANDS else "differs")
     if ref.get("sculpting"):
-        out["sculpting"] = _sculpting_note(ref["runs"], rows_by_run, signal)
+        out["sculpting_note"] = _sculpting_note(ref["runs"], rows_by_run, signal)
     n_sig, n_bkg, n_train = sizes[0]
     our_size = f"test {n_sig} {signal} + {n_bkg} bkg" + (f"; train {n_train}" if n_train else "")
     if len(values) > 1:
         our_size += f"; {len(values)} trainings"
     out.update(ours=ours, band=band, pull=pull, verdict=verdict, our_size=our_size)
     return out
+
+
+def _with_notes(c: dict, bump_notes: dict, carried: dict[str, dict]) -> dict:
+    """A compared row with its notes joined: the reference's, the bump hunt's, our sculpting,
+    and where carried runs come from."""
+    notes = [c.get("note")]
+    if c["metric"] in BUMP_METRICS and (c["runs"][0], c["signal"]) in bump_notes:
+        notes.append(bump_notes[(c["runs"][0], c["signal"])])
+    notes.append(c.get("sculpting_note"))
+    notes += [_carried_note(carried[r]) for r in c["runs"] if r in carried]
+    return {**c, "note": "; ".join(x for x in notes if x)}
 
 
 def _sculpting_note(runs: Iterable[str], rows_by_run: dict[str, list[dict]], signal: str) -> str:
@@ -322,14 +333,7 @@ def reproduce(
         bump_notes.update({(run, sig): note for sig, note in entry.get("notes", {}).items()})
         if entry.get("cost"):
             costs["runs"].append({**entry["cost"], "carried": True})
-    compared = [compare(ref, rows_by_run) for ref in refs]
-    for c in compared:
-        notes = [c.get("note")]
-        if c["metric"] in BUMP_METRICS and (c["runs"][0], c["signal"]) in bump_notes:
-            notes.append(bump_notes[(c["runs"][0], c["signal"])])
-        notes.append(c.get("sculpting"))
-        notes += [_carried_note(carried[r]) for r in c["runs"] if r in carried]
-        c["note"] = "; ".join(x for x in notes if x)
+    compared = [_with_notes(compare(ref, rows_by_run), bump_notes, carried) for ref in refs]
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
     table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings,

@@ -202,9 +202,15 @@ def test_compare_band_pull_verdict():
     sculpt = {**rep, "sculpting": True}
     both = compare(sculpt, {"a": [{**_ours("a", "top", 0.80, 0.03), **jsd}],
                             "b": [{**_ours("b", "top", 0.84, 0.04), **jsd, "jsd_95": 0.10}]})
-    assert both["sculpting"] == "background mass JSD, least background-like 50 / 20 / 5 %: 0.020 / 0.040 / 0.090"
-    assert compare(sculpt, {"a": [_ours("a", "top", 0.8, 0.01)], "b": [_ours("b", "top", 0.8, 0.01)]})["sculpting"] == ""
-    assert "sculpting" not in one
+    assert both["sculpting_note"] == "background mass JSD, least background-like 50 / 20 / 5 %: 0.020 / 0.040 / 0.090"
+    no_jsd = compare(sculpt, {"a": [_ours("a", "top", 0.8, 0.01)], "b": [_ours("b", "top", 0.8, 0.01)]})
+    assert no_jsd["sculpting_note"] == ""
+    assert "sculpting_note" not in one and "sculpting_note" not in compare(sculpt, {})  # a row not run has none
+    # the notes a table row gets: the reference's and the sculpting; a Heimel row not run keeps only the reference's
+    from jetscan.jobs.reproduce import _with_notes
+
+    assert _with_notes({**both, "note": "n"}, {}, {})["note"] == f"n; {both['sculpting_note']}"
+    assert _with_notes({**compare(sculpt, {}), "note": "n"}, {}, {})["note"] == "n"
     # no results for a run; no band (NaN std)
     assert compare(ref, {})["verdict"] == "not run"
     assert compare(ref, {"a": [_ours("a", "top", 0.8, float("nan"))]})["verdict"] == "no band"
