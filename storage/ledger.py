@@ -2,7 +2,7 @@
 
 ``jetscan reproduce PRESET`` writes ``<out>/<PRESET>.json`` next to ``<out>/<PRESET>.md``. The
 table needs the store that holds the runs' results, and a preset at paper size costs more
-than one machine session (heimel-top: about 3 h on 2 cores), so stores get lost between the
+than one machine session (heimel-top: about 2.4 h on 2 cores), so stores get lost between the
 sessions that build a table run by run, and a table made on a cluster may be regenerated on
 a laptop without the store. The ledger is what carries a run's place in the table without
 its store: for every run whose results a store held when the table was written, its summary
@@ -30,13 +30,12 @@ are written as JSON's ``NaN`` / ``Infinity`` extensions, which :mod:`json` reads
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from jetscan.core.errors import ConfigError
+from jetscan.storage.catalog import now_utc
 
 __all__ = ["FORMAT", "empty", "read", "write", "matching_entry", "same_rows", "record", "code_revision"]
 
@@ -68,29 +67,22 @@ def read(path: str | Path, preset: str) -> dict:
 
 
 def _plain(v: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, datetimes to ISO text."""
-    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+    """JSON-ready: numpy scalars to Python, anything else to its text."""
+    if hasattr(v, "item"):
         try:
             return v.item()
         except (TypeError, ValueError):
             pass
-    if isinstance(v, datetime):
-        return v.isoformat()
     return str(v)
 
 
 def write(path: str | Path, ledger: dict) -> Path:
     """Write ``ledger`` to ``path`` atomically; returns the path."""
+    from jetscan.storage import blobs
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(ledger, indent=1, sort_keys=True, default=_plain) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # beside it: the rename stays on one filesystem
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    blobs.write_atomic(str(path.parent), path.name, text.encode())
     return path
 
 
@@ -118,7 +110,7 @@ def record(ledger: dict, run: str, key: str, rows: list[dict], *, cost: dict | N
         "rows": [dict(r) for r in rows],
         "cost": cost,
         "notes": notes or {},
-        "made_utc": made_utc or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "made_utc": made_utc or now_utc(),
         "revision": revision or code_revision(),
         "store": store,
         "source": source,

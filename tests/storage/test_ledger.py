@@ -29,7 +29,7 @@ def test_round_trip_keeps_values_nan_and_inf(tmp_path):
     assert entry["store"] == "s.zarr" and entry["source"] == "store" and entry["made_utc"].startswith("20")
     assert ledger.same_rows(entry["rows"], _rows())
     assert not ledger.same_rows(entry["rows"], [{**_rows()[0], "auc": 0.91}])
-    assert not list(tmp_path.glob(".*.tmp"))  # written whole, nothing left behind
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))  # written whole, nothing left
     (tmp_path / "table.md").write_text("x")  # the ledger gets a plain file's permissions, as the table beside it
     assert path.stat().st_mode == (tmp_path / "table.md").stat().st_mode
 
