@@ -138,6 +138,21 @@ class GenerationConfig(_Frozen):
         return v
 
 
+class SplitConfig(_Frozen):
+    """Per-sample jet-level train / validation / test fractions (a seeded permutation)."""
+
+    train: float = Field(0.6, ge=0.0, le=1.0)
+    val: float = Field(0.2, ge=0.0, le=1.0)
+    test: float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + val + test must be 1, got {total:g} ({self.train}, {self.val}, {self.test})")
+        return self
+
+
 class SampleConfig(_Frozen):
     """One named sample: a process preset and how many selected jets to make."""
 
@@ -149,6 +164,11 @@ class SampleConfig(_Frozen):
         None, description="keep only truth-matched jets (default: yes for signal processes)"
     )
     pythia_settings: tuple[str, ...] = Field((), description="extra Pythia readString lines")
+    splits: SplitConfig | None = Field(
+        None,
+        description="this sample's own train / val / test fractions in place of data.splits: "
+        "{train: 0, val: 0, test: 1} for a signal that only tests (no jet generated for nothing)",
+    )
 
     @field_validator("process")
     @classmethod
@@ -246,21 +266,6 @@ class PreprocessConfig(_Frozen):
             if not re.match(_NAME_RE, name):
                 raise ValueError(f"representation name {name!r} must start with a letter (letters, digits, '_', '-')")
         return v
-
-
-class SplitConfig(_Frozen):
-    """Per-sample jet-level train / validation / test fractions (a seeded permutation)."""
-
-    train: float = Field(0.6, ge=0.0, le=1.0)
-    val: float = Field(0.2, ge=0.0, le=1.0)
-    test: float = Field(0.2, ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _sum(self) -> SplitConfig:
-        total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-9:
-            raise ValueError(f"train + val + test must be 1, got {total:g} ({self.train}, {self.val}, {self.test})")
-        return self
 
 
 class ContaminationConfig(_Frozen):
@@ -467,7 +472,22 @@ class Study(_Frozen):
                     f"train.runs.{name}.contamination.signal: {own.signal!r} must be a sample of the study and not "
                     f"one of the run's training samples; samples: {', '.join(self.samples)}"
                 )
+            self._check_split_shares(name, run, own or (c if run.contaminated else None))
         return self
+
+    def _check_split_shares(self, name: str, run: RunConfig, mixed: ContaminationConfig | None) -> None:
+        """A run's training samples need training jets; a signal it mixes in needs training and
+        validation jets (both sets are contaminated), whatever the sample's own ``splits`` say."""
+        needs = [(s, ("train",)) for s in run.samples] + ([(mixed.signal, ("train", "val"))] if mixed else [])
+        for sample, splits in needs:
+            train, val, _ = self.split_fractions(sample)
+            for split in splits:
+                if {"train": train, "val": val}[split] == 0.0:
+                    how = "trains on it" if sample in run.samples else "mixes it into its training and validation sets"
+                    raise ValueError(
+                        f"samples.{sample}.splits: {split} is 0, but run {name!r} {how}; give {sample!r} a "
+                        f"{split} share, or take it out of the run"
+                    )
 
     @model_validator(mode="after")
     def _searches(self) -> Study:
@@ -557,8 +577,14 @@ class Study(_Frozen):
             "jet": self.jet.model_dump(mode="json"),
             "detector": self.detector.model_dump(mode="json"),
             "generation": self.generation.model_dump(mode="json"),
-            "sample": {"name": sample, **self.sample(sample).model_dump(mode="json")},
+            # the splits say how jets are used, not which jets are made
+            "sample": {"name": sample, **self.sample(sample).model_dump(mode="json", exclude={"splits"})},
         }
+
+    def split_fractions(self, sample: str) -> tuple[float, float, float]:
+        """(train, val, test) fractions of ``sample``: its own ``splits`` or ``data.splits``."""
+        s = self.sample(sample).splits or self.data.splits
+        return (s.train, s.val, s.test)
 
 
 def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:

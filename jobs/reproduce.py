@@ -183,14 +183,14 @@ def _with_accuracy_band(study: Study, run: str, rows: list[dict]) -> list[dict]:
 def _split_sizes(study: Study) -> dict[str, dict[str, int]]:
     from jetscan.storage import catalog
 
-    s = study.data.splits
     out = {}
     for name in study.samples:
         try:
             n = int(sum(catalog.read_catalog(study.store, name).column("n_jets").to_pylist()))
         except Exception:  # noqa: BLE001 - nothing generated yet
             n = 0
-        out[name] = {"jets": n, "train": int(round(n * s.train)), "val": int(round(n * s.val)), "test": int(round(n * s.test))}
+        train, val, test = study.split_fractions(name)
+        out[name] = {"jets": n, "train": int(round(n * train)), "val": int(round(n * val)), "test": int(round(n * test))}
     return out
 
 

@@ -78,6 +78,9 @@ def _data_settings(study: Study) -> dict:
     data.pop("batches_ahead", None)
     data.pop("decode_process", None)
     data.update(_READ_KNOBS)  # hashed at their defaults, so checkpoints made before stay valid
+    own = {s: study.samples[s].splits.model_dump(mode="json") for s in study.samples if study.samples[s].splits}
+    if own:  # only when set: runs of studies without per-sample splits keep their hash
+        data["sample_splits"] = own
     return data
 
 
@@ -255,11 +258,10 @@ def _load_checkpoint(study: Study, run: str) -> dict | None:
 
 def _mass_edges(study: Study, cfg: RunConfig) -> np.ndarray:
     """Equal-population QCD mass bins from the background jets of the training split."""
-    fractions = (study.data.splits.train, study.data.splits.val, study.data.splits.test)
     masses = []
     for s in cfg.samples:
         m = read_jets(study.store, s, ["jets/mass"])["jets/mass"]
-        masses.append(m[split_assignment(len(m), fractions, study.seed, s) == 0])
+        masses.append(m[split_assignment(len(m), study.split_fractions(s), study.seed, s) == 0])
     return mass_bin_edges(np.concatenate(masses), n_bins=cfg.adversary.mass_bins)
 
 

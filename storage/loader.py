@@ -179,12 +179,11 @@ class JetStream(torch.utils.data.IterableDataset):
         for name in self.samples:
             study.sample(name)
         self._groups = self._open_checked()
-        fractions = (study.data.splits.train, study.data.splits.val, study.data.splits.test)
         split_index = SPLITS.index(split)
         masks = []
         for name, group in zip(self.samples, self._groups):
             n = group["jets/pt"].shape[0]
-            masks.append(split_assignment(n, fractions, study.seed, name) == split_index)
+            masks.append(split_assignment(n, study.split_fractions(name), study.seed, name) == split_index)
         if contamination is not None:
             n_bkg = int(sum(m.sum() for m in masks[:-1]))
             f = contamination.fraction

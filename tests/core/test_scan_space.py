@@ -73,6 +73,26 @@ def test_bad_scan_sections_are_one_clear_error(make_study, tmp_path, scan, words
         assert w in msg, msg
 
 
+def test_a_test_only_signal_cannot_contaminate_and_its_own_splits_count(make_study, tmp_path):
+    """The fraction check reads each sample's own splits: a signal that only tests cannot be
+    mixed in at all, and one with a larger train share holds more jets than data.splits gives."""
+    def with_top_splits(splits, fractions):
+        return make_study(
+            tmp_path / "s.zarr",
+            samples={"qcd": {"process": "qcd_dijet", "n_jets": 1000},
+                     "top": {"process": "top_hadronic", "n_jets": 100, "splits": splits}},
+            train={"runs": RUNS}, scan={"c": {"runs": ["pca"], "signal": "top", "fractions": fractions}})
+
+    with pytest.raises(ConfigError, match="samples.top.splits gives its train split no jets"):
+        with_top_splits({"train": 0, "val": 0, "test": 1}, [0, 0.01])
+    with_top_splits({"train": 0, "val": 0, "test": 1}, [0])  # uncontaminated cells only: fine
+    # 500 training / 250 validation QCD jets at 10 %: 56 / 28 tops; data.splits would hold 50 of
+    # the 100 in training, these splits 60 (and 30 in validation)
+    with_top_splits({"train": 0.6, "val": 0.3, "test": 0.1}, [0.1])
+    with pytest.raises(ConfigError, match="needs 56 'top' jets in the train split"):
+        with_top_splits(None, [0.1])
+
+
 def test_variant_study_renames_samples_and_varies_generation_and_detector(make_study, tmp_path):
     s = study(make_study, tmp_path, {"c": {"runs": ["pca"], "signal": "top", "fractions": [0.05], "variations": {
         "v": {"shower": "vincia", "tune": 4, "mpi": True, "detector": {"energy_resolution_scale": 2.0, "hcal_threshold_gev": 3.0}}}}})

@@ -117,6 +117,42 @@ def test_settings_hash_tracks_what_makes_the_jets():
     assert h(a) == h(c)  # the study's name does not change the jets
 
 
+def test_a_sample_of_its_own_splits_keeps_its_jets_and_changes_its_runs():
+    """A signal that only tests (samples.top.splits: {test: 1}) is the same jets, so its
+    generation hash stays; the runs evaluated on it get a new settings hash (other test jets)."""
+    from jetscan.jobs.train import run_settings
+
+    runs = {"ae": {"model": "dense_ae", "samples": ["qcd"]}}
+    top = {"process": "top_hadronic", "n_jets": 10}
+    plain = Study.from_dict(base(samples={"qcd": base()["samples"]["qcd"], "top": top}, train={"runs": runs}))
+    own = Study.from_dict(base(samples={"qcd": base()["samples"]["qcd"],
+                                        "top": {**top, "splits": {"train": 0, "val": 0, "test": 1}}}, train={"runs": runs}))
+    assert own.split_fractions("top") == (0.0, 0.0, 1.0)
+    assert own.split_fractions("qcd") == plain.split_fractions("qcd") == (0.6, 0.2, 0.2)
+    assert settings_hash(own.generation_settings("top")) == settings_hash(plain.generation_settings("top"))
+    assert settings_hash(run_settings(own, "ae")) != settings_hash(run_settings(plain, "ae"))
+    assert "sample_splits" not in run_settings(plain, "ae")["data"]  # runs made before the option keep their hash
+
+
+@pytest.mark.parametrize(
+    "qcd_splits, contamination, needle",
+    [
+        ({"train": 0, "val": 0.5, "test": 0.5}, None, "samples.qcd.splits: train is 0, but run 'ae' trains on it"),
+        (None, {"train": 0, "val": 0, "test": 1},
+         "samples.top.splits: train is 0, but run 'ae' mixes it into its training and validation sets"),
+        (None, {"train": 0.5, "val": 0, "test": 0.5}, "samples.top.splits: val is 0, but run 'ae' mixes it"),
+    ],
+)
+def test_a_split_a_run_needs_cannot_be_empty(qcd_splits, contamination, needle):
+    qcd = {**base()["samples"]["qcd"], **({"splits": qcd_splits} if qcd_splits else {})}
+    top = {"process": "top_hadronic", "n_jets": 10, **({"splits": contamination} if contamination else {})}
+    data = base(samples={"qcd": qcd, "top": top}, train={"runs": {"ae": {"model": "dense_ae", "samples": ["qcd"],
+                                                                         "contaminated": True}}},
+                data={"contamination": {"signal": "top", "fraction": 0.1}})
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        Study.from_dict(data)
+
+
 def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
     bad = tmp_path / "studies" / "x.yaml"
     bad.parent.mkdir()

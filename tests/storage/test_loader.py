@@ -65,6 +65,18 @@ def test_train_val_test_are_disjoint(study):
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
 
 
+def test_a_sample_with_its_own_splits_is_read_only_where_they_say(study):
+    """samples.top.splits: {test: 1}: every top jet is a test jet (none generated for nothing),
+    while qcd keeps the study's splits."""
+    from jetscan.core.study import SplitConfig
+
+    own = study.model_copy(update={"samples": {**study.samples, "top": study.samples["top"].model_copy(
+        update={"splits": SplitConfig(train=0.0, val=0.0, test=1.0)})}})
+    count = lambda st, s, split: sum(len(b["label"]) for b in JetStream(st, [s], "highlevel", split=split).iter_numpy())  # noqa: E731
+    assert [count(own, "top", s) for s in ("train", "val", "test")] == [0, 0, study.samples["top"].n_jets]
+    assert [count(own, "qcd", s) for s in ("train", "val", "test")] == [count(study, "qcd", s) for s in ("train", "val", "test")]
+
+
 def test_contamination_fraction_is_exact(study):
     contaminated = study.model_copy(
         update={"data": study.data.model_copy(update={"contamination": ContaminationConfig(signal="top", fraction=0.2)})}
