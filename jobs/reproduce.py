@@ -234,15 +234,31 @@ def compare(ref: dict, rows_by_run: dict[str, list[dict]]) -> dict:
     return out
 
 
-def _with_notes(c: dict, bump_notes: dict, carried: dict[str, dict]) -> dict:
+def _with_notes(c: dict, bump_notes: dict, carried: dict[str, dict], run_costs: list[dict] = ()) -> dict:
     """A compared row with its notes joined: the reference's, the bump hunt's, our sculpting,
-    and where carried runs come from."""
+    whether training had converged, and where carried runs come from."""
     notes = [c.get("note")]
     if c["metric"] in BUMP_METRICS and (c["runs"][0], c["signal"]) in bump_notes:
         notes.append(bump_notes[(c["runs"][0], c["signal"])])
     notes.append(c.get("sculpting_note"))
+    notes.append(_still_improving_note(c["runs"], run_costs))
     notes += [_carried_note(carried[r]) for r in c["runs"] if r in carried]
     return {**c, "note": "; ".join(x for x in notes if x)}
+
+
+def _still_improving_note(runs: Iterable[str], run_costs: Iterable[dict]) -> str:
+    """Says so where a run's best validation loss came at its last epoch (of several): the
+    epoch budget, not early stopping, ended it, so more epochs could still move its numbers."""
+    costs = {c["run"]: c for c in run_costs}
+    made = [costs[r] for r in runs if r in costs and costs[r].get("epochs_run", 0) > 1]
+    still = [c for c in made if c.get("best_epoch") == c["epochs_run"] - 1]
+    if not still:
+        return ""
+    if len(made) == 1:
+        return (f"trained {still[0]['epochs_run']} epochs, its validation loss still falling at the last: the epoch "
+                "budget, not early stopping, ended the training")
+    return (f"{len(still)} of the {len(made)} runs still improving at their last epoch: the epoch budget, not early "
+            "stopping, ended them")
 
 
 def _sculpting_note(runs: Iterable[str], rows_by_run: dict[str, list[dict]], signal: str) -> str:
@@ -333,7 +349,7 @@ def reproduce(
         bump_notes.update({(run, sig): note for sig, note in entry.get("notes", {}).items()})
         if entry.get("cost"):
             costs["runs"].append({**entry["cost"], "carried": True})
-    compared = [_with_notes(compare(ref, rows_by_run), bump_notes, carried) for ref in refs]
+    compared = [_with_notes(compare(ref, rows_by_run), bump_notes, carried, costs["runs"]) for ref in refs]
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
     table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings,

@@ -211,6 +211,16 @@ def test_compare_band_pull_verdict():
 
     assert _with_notes({**both, "note": "n"}, {}, {})["note"] == f"n; {both['sculpting_note']}"
     assert _with_notes({**compare(sculpt, {}), "note": "n"}, {}, {})["note"] == "n"
+    # a run whose best epoch was its last (0-based best_epoch) was ended by its epoch budget: the row says so;
+    # one ended by early stopping, or a one-epoch fit (PCA), does not
+    cost = lambda run, n, best: {"run": run, "epochs_run": n, "best_epoch": best}  # noqa: E731
+    note = _with_notes({**both, "note": "n"}, {}, {}, [cost("a", 8, 7), cost("b", 8, 7)])["note"]
+    assert note.endswith("2 of the 2 runs still improving at their last epoch: the epoch budget, not early stopping, "
+                         "ended them")
+    one_run = compare(ref, {"a": [_ours("a", "top", 0.8, 0.01)]})
+    assert "trained 8 epochs, its validation loss still falling" in _with_notes(one_run, {}, {}, [cost("a", 8, 7)])["note"]
+    for stopped in ([cost("a", 8, 4)], [cost("a", 1, 0)], []):
+        assert "still" not in _with_notes(one_run, {}, {}, stopped)["note"]
     # no results for a run; no band (NaN std)
     assert compare(ref, {})["verdict"] == "not run"
     assert compare(ref, {"a": [_ours("a", "top", 0.8, float("nan"))]})["verdict"] == "no band"
