@@ -97,8 +97,9 @@ def shrink_study_data(data: dict, shrink: float) -> dict:
     largest = max(cfg["n_jets"] for cfg in out["samples"].values())
     gen = out.setdefault("generation", {})
     gen["shard_jets"] = max(10, min(int(gen.get("shard_jets", 2000)), int(math.ceil(largest / 2))))
-    n_train_bkg = min(int(round(c["n_jets"] * (c.get("splits") or out["data"]["splits"])["train"]))
-                      for c in out["samples"].values() if (c.get("splits") or out["data"]["splits"])["train"] > 0)
+    train_share = {name: (c.get("splits") or out["data"]["splits"])["train"] for name, c in out["samples"].items()}
+    n_train_bkg = min(int(round(c["n_jets"] * train_share[name]))
+                      for name, c in out["samples"].items() if train_share[name] > 0)
     for run in out["train"]["runs"].values():
         run["epochs"] = max(1, int(round(run.get("epochs", 10) * shrink)))
         run["patience"] = max(1, min(int(run.get("patience", 10)), run["epochs"]))
