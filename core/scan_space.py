@@ -323,11 +323,6 @@ def contamination_needs(n_background: int, fraction: float) -> int:
     return int(round(fraction * n_background / (1.0 - fraction)))
 
 
-def _share(samples: Mapping[str, Any], splits: Any, sample: str, split: str) -> float:
-    """The fraction of ``sample`` in ``split``: its own ``splits``, else the study's."""
-    return getattr(samples[sample].splits or splits, split)
-
-
 def check_scan(name: str, scan: ScanConfig, runs: Mapping[str, Any], samples: Mapping[str, Any], splits: Any) -> None:
     """Cross-check a scan against the study's runs, samples and splits (ValueError naming the key).
 
@@ -358,13 +353,14 @@ def check_scan(name: str, scan: ScanConfig, runs: Mapping[str, Any], samples: Ma
             if scan.signal in runs[run].samples:
                 raise ValueError(f"{key}.signal: {scan.signal!r} is already a training sample of run {run!r}")
             for split in ("train", "val"):
-                if _share(samples, splits, scan.signal, split) == 0.0 and any(f > 0 for f in scan.fractions):
+                signal_share = getattr(samples[scan.signal].split_config(splits), split)
+                if signal_share == 0.0 and any(f > 0 for f in scan.fractions):
                     raise ValueError(
                         f"{key}.fractions: samples.{scan.signal}.splits gives its {split} split no jets, so "
                         f"nothing can contaminate run {run!r}'s {split} set: give {scan.signal!r} a {split} share"
                     )
-                have = int(round(_share(samples, splits, scan.signal, split) * n_sig))
-                n_bkg = sum(int(round(_share(samples, splits, s, split) * samples[s].n_jets)) for s in background)
+                have = int(round(signal_share * n_sig))
+                n_bkg = sum(int(round(getattr(samples[s].split_config(splits), split) * samples[s].n_jets)) for s in background)
                 for f in scan.fractions:
                     need = contamination_needs(n_bkg, f)
                     if need > have:

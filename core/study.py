@@ -193,6 +193,10 @@ class SampleConfig(_Frozen):
     def is_signal(self) -> bool:
         return PROCESSES[self.process].is_signal
 
+    def split_config(self, default: SplitConfig) -> SplitConfig:
+        """This sample's train / val / test fractions: its own ``splits``, else ``default`` (data.splits)."""
+        return self.splits or default
+
     @property
     def keep_only_matched(self) -> bool:
         return self.is_signal if self.require_match is None else self.require_match
@@ -583,7 +587,7 @@ class Study(_Frozen):
 
     def split_fractions(self, sample: str) -> tuple[float, float, float]:
         """(train, val, test) fractions of ``sample``: its own ``splits`` or ``data.splits``."""
-        s = self.sample(sample).splits or self.data.splits
+        s = self.sample(sample).split_config(self.data.splits)
         return (s.train, s.val, s.test)
 
 
