@@ -142,13 +142,14 @@ def _runs_needed(study: Study, preset: str, only: Iterable[str] | None) -> list[
     return runs
 
 
-def _evaluate_run(study: Study, run: str) -> list[dict]:
-    """The run's result rows: reused when they carry the current settings hash, else evaluated."""
+def _evaluate_run(study: Study, run: str, stored: dict[str, list[dict] | None]) -> list[dict]:
+    """The run's result rows: reused when they carry the current settings hash, else evaluated.
+    ``stored``: the rows already read for some runs (:func:`_runs_to_make`), so none is read twice."""
     from jetscan.jobs.evaluate import evaluation_for
     from jetscan.jobs.train import run_settings
     from jetscan.storage import results
 
-    rows = _stored_rows(study, run)
+    rows = stored[run] if run in stored else _stored_rows(study, run)
     if rows is not None:
         return rows
     evaluation = evaluation_for(study, run)
@@ -301,7 +302,7 @@ def reproduce(
     ledger_path = Path(out_dir) / (f"{name}.json" if shrink is None else f"{name}-shrink{shrink:g}.json")
     led = _read_ledger(ledger_path, study, name, shrink)
     keys = {run: _ledger_key(study, run) for run in _runs_needed(study, name, None)}
-    needed, carried = _runs_to_make(study, name, runs, led, keys)
+    needed, carried, stored = _runs_to_make(study, name, runs, led, keys)
     for run, entry in carried.items():
         echo(f"{name}: {run} {_carried_note(entry)} ({ledger_path})")
     t0 = time.perf_counter()
@@ -325,7 +326,7 @@ def reproduce(
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     for run in needed:
-        rows_by_run[run] = _evaluate_run(study, run)
+        rows_by_run[run] = _evaluate_run(study, run, stored)
     timings["evaluate"] = time.perf_counter() - t
     refs = reference_rows(name)
     bump_pngs, bump_notes = [], {}
@@ -340,7 +341,7 @@ def reproduce(
             bump_pngs.append(_plot_bump_hunt(name, run, signal, hunt, Path(out_dir)))
     for run in keys:
         if run not in rows_by_run and run not in carried:  # not asked for this time: from an earlier --run, if any
-            rows = _stored_rows(study, run)
+            rows = stored[run] if run in stored else _stored_rows(study, run)
             if rows is not None:
                 rows_by_run[run] = rows
     costs = _costs(study, list(rows_by_run))
@@ -376,22 +377,25 @@ def _ledger_key(study: Study, run: str) -> str:
 
 
 def _runs_to_make(study: Study, preset: str, only: Iterable[str] | None, led: dict,
-                  keys: dict[str, str]) -> tuple[list[str], dict[str, dict]]:
-    """(the runs to train and evaluate here, {run: ledger entry} for those carried instead).
+                  keys: dict[str, str]) -> tuple[list[str], dict[str, dict], dict[str, list[dict] | None]]:
+    """(the runs to train and evaluate here, {run: ledger entry} for those carried instead,
+    {run: its stored result rows or None} for the runs whose store results were read).
 
     A run is carried when the store has no results of it and the ledger has an entry with its
     current key; a run named by ``--run`` is always made here."""
     from jetscan.storage import ledger
 
     needed = _runs_needed(study, preset, only)
-    carried = {}
+    carried, stored = {}, {}
     for run in keys:
         if only is not None and run in needed:
             continue
         entry = ledger.matching_entry(led, run, keys[run])
-        if entry is not None and _stored_rows(study, run) is None:
-            carried[run] = entry
-    return [r for r in needed if r not in carried], carried
+        if entry is not None:
+            stored[run] = _stored_rows(study, run)
+            if stored[run] is None:
+                carried[run] = entry
+    return [r for r in needed if r not in carried], carried, stored
 
 
 def _record_in_ledger(led: dict, study: Study, rows_by_run: dict[str, list[dict]], keys: dict[str, str],

@@ -328,11 +328,12 @@ def test_a_run_is_carried_from_the_ledger_only_with_its_current_settings(tmp_pat
     led = ledger.empty(name)
     ledger.record(led, runs[0], keys[runs[0]], [_ours(runs[0], "top", 0.9, 0.01)], cost=None, notes=None, store="x")
     ledger.record(led, runs[1], "stale", [_ours(runs[1], "top", 0.9, 0.01)], cost=None, notes=None, store="x")
-    needed, carried = _runs_to_make(study, name, None, led, keys)
+    needed, carried, stored = _runs_to_make(study, name, None, led, keys)
     assert list(carried) == [runs[0]] and needed == runs[1:]
-    needed, carried = _runs_to_make(study, name, [runs[0]], led, keys)
+    assert stored == {runs[0]: None}  # the store was read once, for the run the ledger holds
+    needed, carried, _ = _runs_to_make(study, name, [runs[0]], led, keys)
     assert needed == [runs[0]] and carried == {}
-    needed, carried = _runs_to_make(study, name, [runs[2]], led, keys)
+    needed, carried, _ = _runs_to_make(study, name, [runs[2]], led, keys)
     assert needed == [runs[2]] and list(carried) == [runs[0]]
     # a sample's generation settings are part of the key: the test-only signal too
     other, _ = load_preset("heimel-top", shrink=5e-4, store=str(tmp_path / "none.zarr"))
