@@ -31,8 +31,9 @@ dict (see :func:`summarise`). Results live in the study's store beside the jets:
                                           averages (only if the evaluation had images)
     <store>/_results/<run>.parquet        the run's summary rows (one per signal)
 
-The parquet file is the commit record, as in the shard catalog: :func:`write_run` removes a
-run's old file first, rewrites the zarr group, then writes the new file atomically (a
+The parquet file is the commit record, as in the shard catalog: :func:`write_run` checks the
+evaluation and computes every array in memory, then removes a run's old file, rewrites the
+zarr group, and writes the new file atomically (a
 temporary file renamed into place on local disks, one PUT on object stores). Readers
 therefore list a run only once its arrays are complete, a re-evaluation replaces the run's
 rows rather than adding to them, and concurrent runs never write the same file.
@@ -390,16 +391,8 @@ def _array(group: zarr.Group, path: str, data: np.ndarray, dtype: str) -> zarr.A
     return arr
 
 
-def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
-    """Store one evaluated run: its arrays under ``<store>/results/<run>/`` and its summary
-    ``rows`` (from :func:`summarise`) as ``<store>/_results/<run>.parquet``.
-
-    A run stored before is replaced whole (re-evaluation). The layout is in the module
-    docstring. Creates the store's root group if the store does not exist yet. Ends by
-    consolidating the metadata of ``results/<run>/`` (so HTTP and object-store readers never list).
-    """
-    samples = _check_evaluation(evaluation)
-    run = evaluation["run"]
+def _check_rows(run: str, rows: list[dict]) -> bytes:
+    """The summary ``rows`` of ``run`` as the parquet file that commits them."""
     if not rows:
         raise StorageError(f"no summary rows for run {run!r}: pass summarise(evaluation)")
     bad = [r.get("run") for r in rows if r.get("run") != run]
@@ -408,103 +401,159 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
     missing = [c for c in RESULT_COLUMNS if c not in rows[0]]
     if missing:
         raise StorageError(f"summary rows lack {missing}: make them with summarise(evaluation)")
-    config = {k: _scalar(k, v) for k, v in evaluation["config"].items()}
-    bkg = evaluation["background"]
-    signals = list(evaluation["signals"])
+    try:
+        table = pa.Table.from_pylist([dict(r) for r in rows])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise StorageError(
+            f"summary rows of run {run!r} do not make one table ({str(exc).splitlines()[0]}): make them with summarise(evaluation)"
+        ) from None
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
+
+def _image(name: str, key: str, value: Any) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise StorageError(
+            f"images of {name!r}: {key} is not an array of numbers ({type(value).__name__}); "
+            "pass the average image as a float array (H, W)"
+        ) from None
+
+
+def _check_images(images: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{sample: (input, reconstruction)} as float32 arrays of one shape; {} for no images."""
+    if not images:
+        return {}
+    if not isinstance(images, dict):
+        raise StorageError(f"evaluation images must be a dict {{sample: {{'input', 'reconstruction'}}}}, got {type(images).__name__}")
+    out = {}
+    for name, pair in images.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise StorageError(f"image name {name!r} cannot name a zarr group: use the sample's name")
+        if not isinstance(pair, dict):
+            raise StorageError(f"images of {name!r} must be a dict with 'input' and 'reconstruction', got {type(pair).__name__}")
+        lacking = [k for k in ("input", "reconstruction") if k not in pair]
+        if lacking:
+            raise StorageError(f"images of {name!r} lack {lacking}: give the average input and its reconstruction, both (H, W)")
+        inp, rec = _image(name, "input", pair["input"]), _image(name, "reconstruction", pair["reconstruction"])
+        if inp.shape != rec.shape:
+            raise StorageError(f"images of {name!r}: input {inp.shape} and reconstruction {rec.shape} differ")
+        out[name] = (inp, rec)
+    return out
+
+
+def _history_arrays(history: Any) -> dict[str, np.ndarray]:
+    """The numeric per-epoch series of ``history``; anything else has nothing to plot and is skipped."""
+    out = {}
+    for key, values in (history or {}).items():
+        try:
+            values = np.asarray(values, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            continue
+        if str(key) and "/" not in str(key):
+            out[str(key)] = values
+    return out
+
+
+def _run_arrays(samples: dict, bkg: str, signals: list[str], images: dict, history: dict) -> list[tuple]:
+    """Every array of one run as ``(path, data, dtype, attrs)``, computed in memory."""
+    out = []
+    for name, arrays in samples.items():
+        out += [(f"samples/{name}/{k}", arrays[k], dt, None) for k, dt in (("score", "float64"), ("mass", "float32"), ("label", "int64"))]
+    b = samples[bkg]["score"]
+    for sig in signals:
+        s = samples[sig]["score"]
+        labels = np.r_[np.zeros(len(b), np.int64), np.ones(len(s), np.int64)]
+        eps_b, eps_s, thr = _downsample_roc(*metrics.roc(np.r_[b, s], labels))
+        out += [(f"roc/{sig}/eps_b", eps_b, "float64", None), (f"roc/{sig}/eps_s", eps_s, "float64", None),
+                (f"roc/{sig}/threshold", thr, "float64", None)]
+    sculpt = _sculpting(samples, bkg)
+    out += [("mass/bins", sculpt["bins"], "float64", None), ("mass/inclusive", sculpt["inclusive"], "float64", None)]
+    for r in REJECTIONS:
+        f = _keep(r)
+        attrs = json_safe({"jsd": sculpt["jsd"][f], "threshold": sculpt["thresholds"][f], "keep_fraction": f, "rejection": r / 100.0})
+        out.append((f"mass/reject_{r}", sculpt["selected"][f], "float64", attrs))
+    for name, arrays in samples.items():
+        for key, values in _mass_vs_score(arrays["score"], arrays["mass"]).items():
+            out.append((f"mass_vs_score/{name}/{key}", values, "int64" if key == "count" else "float64", None))
+    out += [(f"history/{key}", values, "float64", None) for key, values in history.items()]
+    for name, (inp, rec) in images.items():
+        out += [(f"images/{name}/input", inp, "float32", None), (f"images/{name}/reconstruction", rec, "float32", None),
+                (f"images/{name}/error", np.abs(inp - rec), "float32", None)]
+    return out
+
+
+def _run_attrs(evaluation: dict, samples: dict, rows: list[dict], has_history: bool, has_images: bool) -> dict:
+    """The run group's attrs as strict JSON (checked here, before anything is replaced)."""
+    attrs = json_safe(
+        {
+            "run": evaluation["run"],
+            "study": str(evaluation["study"]),
+            "kind": evaluation["kind"],
+            "background": evaluation["background"],
+            "signals": list(evaluation["signals"]),
+            "samples": list(samples),
+            "config": {k: _scalar(k, v) for k, v in evaluation["config"].items()},
+            "rows": rows,
+            "mass_bins": MASS_BINS.tolist(),
+            "rejections": list(REJECTIONS),
+            "has_history": has_history,
+            "has_images": has_images,
+            "created_utc": rows[0].get("created_utc", now_utc()),
+        }
+    )
+    try:
+        json.dumps(attrs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"summary rows of run {evaluation['run']!r} are not JSON ({exc}): make them with summarise(evaluation)") from None
+    return attrs
+
+
+def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
+    """Store one evaluated run: its arrays under ``<store>/results/<run>/`` and its summary
+    ``rows`` (from :func:`summarise`) as ``<store>/_results/<run>.parquet``.
+
+    A run stored before is replaced whole (re-evaluation), and only once the new evaluation
+    and rows are checked and every array is computed: bad input raises a StorageError and
+    leaves the stored run as it was. The layout is in the module docstring. Creates the
+    store's root group if the store does not exist yet. Ends by consolidating the metadata of
+    ``results/<run>/`` (so HTTP and object-store readers never list).
+    """
+    # 1. check and compute everything in memory: nothing stored is touched before this passes
+    samples = _check_evaluation(evaluation)
+    run = evaluation["run"]
+    parquet_bytes = _check_rows(run, rows)
+    images = _check_images(evaluation.get("images"))
+    history = _history_arrays(evaluation.get("history"))
+    arrays = _run_arrays(samples, evaluation["background"], list(evaluation["signals"]), images, history)
+    attrs = _run_attrs(evaluation, samples, rows, bool(history), bool(images))
+    root = _open_root(store, "a")
+
+    # 2. uncommit: readers stop listing the run while its arrays are rewritten
     fs, base = blobs.store_fs(store)
-    # 1. uncommit: readers stop listing the run while its arrays are rewritten
     parquet = _parquet_path(base, run)
     if fs.exists(parquet):
         fs.rm(parquet)
 
-    # 2. the arrays
-    root = _open_root(store, "a")
+    # 3. the arrays
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = root.require_group(RESULTS_GROUP)
-        group = results.create_group(run, overwrite=True)
-
-        for name, arrays in samples.items():
-            _array(group, f"samples/{name}/score", arrays["score"], "float64")
-            _array(group, f"samples/{name}/mass", arrays["mass"], "float32")
-            _array(group, f"samples/{name}/label", arrays["label"], "int64")
-
-        b = samples[bkg]["score"]
-        for sig in signals:
-            s = samples[sig]["score"]
-            labels = np.r_[np.zeros(len(b), np.int64), np.ones(len(s), np.int64)]
-            eps_b, eps_s, thr = _downsample_roc(*metrics.roc(np.r_[b, s], labels))
-            _array(group, f"roc/{sig}/eps_b", eps_b, "float64")
-            _array(group, f"roc/{sig}/eps_s", eps_s, "float64")
-            _array(group, f"roc/{sig}/threshold", thr, "float64")
-
-        sculpt = _sculpting(samples, bkg)
-        _array(group, "mass/bins", sculpt["bins"], "float64")
-        _array(group, "mass/inclusive", sculpt["inclusive"], "float64")
-        for r in REJECTIONS:
-            f = _keep(r)
-            arr = _array(group, f"mass/reject_{r}", sculpt["selected"][f], "float64")
-            arr.attrs.update(
-                json_safe({"jsd": sculpt["jsd"][f], "threshold": sculpt["thresholds"][f], "keep_fraction": f, "rejection": r / 100.0})
-            )
-
-        for name, arrays in samples.items():
-            for key, values in _mass_vs_score(arrays["score"], arrays["mass"]).items():
-                _array(group, f"mass_vs_score/{name}/{key}", values, "int64" if key == "count" else "float64")
-
-        history = evaluation.get("history")
-        stored_history = []
-        for key, values in (history or {}).items():
-            try:
-                values = np.asarray(values, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                continue  # not a numeric per-epoch series: nothing to plot
-            if "/" not in str(key):
-                _array(group, f"history/{key}", values, "float64")
-                stored_history.append(str(key))
-
-        images = evaluation.get("images")
-        if images:
-            for name, pair in images.items():
-                inp = np.asarray(pair["input"], dtype=np.float32)
-                rec = np.asarray(pair["reconstruction"], dtype=np.float32)
-                if inp.shape != rec.shape:
-                    raise StorageError(f"images of {name!r}: input {inp.shape} and reconstruction {rec.shape} differ")
-                _array(group, f"images/{name}/input", inp, "float32")
-                _array(group, f"images/{name}/reconstruction", rec, "float32")
-                _array(group, f"images/{name}/error", np.abs(inp - rec), "float32")
-
-        group.attrs.update(
-            json_safe(
-                {
-                    "run": run,
-                    "study": str(evaluation["study"]),
-                    "kind": evaluation["kind"],
-                    "background": bkg,
-                    "signals": signals,
-                    "samples": list(samples),
-                    "config": config,
-                    "rows": rows,
-                    "mass_bins": MASS_BINS.tolist(),
-                    "rejections": list(REJECTIONS),
-                    "has_history": bool(stored_history),
-                    "has_images": bool(images),
-                    "created_utc": rows[0].get("created_utc", now_utc()),
-                }
-            )
-        )
+        group = root.require_group(RESULTS_GROUP).create_group(run, overwrite=True)
+        for path, data, dtype, array_attrs in arrays:
+            arr = _array(group, path, data, dtype)
+            if array_attrs:
+                arr.attrs.update(array_attrs)
+        group.attrs.update(attrs)
         # consolidated metadata of this run's group (zarr's inline form, in results/<run>/zarr.json):
         # readers over HTTP or object storage walk the run without listing folders. Per run, not
         # for results/ as a whole: concurrent writers (search trials) never race on one file, and
         # a write costs the same however many runs the store holds (runs are listed by _results/).
         zarr.consolidate_metadata(str(store), path=f"{RESULTS_GROUP}/{run}", zarr_format=3)
 
-    # 3. commit: the summary rows, atomically
-    table = pa.Table.from_pylist([dict(r) for r in rows])
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    blobs.write_atomic(store, f"{RESULTS_DIR}/{run}.parquet", buf.getvalue())
+    # 4. commit: the summary rows, atomically
+    blobs.write_atomic(store, f"{RESULTS_DIR}/{run}.parquet", parquet_bytes)
 
 
 # --------------------------------------------------------------------------------------

@@ -333,3 +333,33 @@ def test_missing_store_and_run_errors(tmp_path):
         res.read_run(store, "../ae_b6")
     with pytest.raises(StorageError, match="rows"):
         res.write_run(store, ev, [])
+
+
+def test_bad_input_to_write_run_keeps_the_stored_run(tmp_path):
+    """write_run validates everything before it touches the stored run: a refused
+    re-evaluation leaves the earlier results listed, readable and unchanged."""
+    store = str(tmp_path / "s.zarr")
+    first = make_evaluation("ae_b6", n=500)
+    res.write_run(store, first, res.summarise(first))
+    before = res.read_results(store)
+
+    bad_shapes = make_evaluation("ae_b6", n=600, seed=3)
+    bad_shapes["images"]["top"]["reconstruction"] = np.zeros((4, 4), np.float32)
+    lacking = make_evaluation("ae_b6", n=600, seed=3)
+    del lacking["images"]["qcd"]["reconstruction"]
+    not_numbers = make_evaluation("ae_b6", n=600, seed=3)
+    not_numbers["images"]["qcd"]["input"] = [["a", "b"], ["c", "d"]]
+    cases = [
+        (bad_shapes, r"images of 'top': input \(8, 8\) and reconstruction \(4, 4\) differ"),
+        (lacking, r"images of 'qcd' lack \['reconstruction'\]"),
+        (not_numbers, r"images of 'qcd': input is not an array of numbers"),
+    ]
+    for ev, message in cases:
+        rows = res.summarise(ev)
+        with pytest.raises(StorageError, match=message):
+            res.write_run(store, ev, rows)
+        assert res.list_runs(store) == ["ae_b6"]
+        assert res.read_results(store).to_pandas().equals(before.to_pandas())  # NaN == NaN here
+        got = res.read_run(store, "ae_b6")
+        assert len(got["samples"]["qcd"]["score"]) == 500
+        np.testing.assert_array_equal(got["images"]["top"]["input"], first["images"]["top"]["input"])
