@@ -309,6 +309,7 @@ class StoreReader:
         self._results_key = None
         self._results_table: pa.Table | None = None
         self._cache: dict = {}
+        res.forget_listings(self.fs, self.base)
         if not self.fs.exists(f"{self.base}/zarr.json"):
             raise StorageError(
                 f"no jetscan store at {self.url!r} (no zarr.json there): run the study's stages first, or check the path"
@@ -324,8 +325,14 @@ class StoreReader:
         except FileNotFoundError:
             raise StorageError(f"store {self.url!r} has no {rel!r}") from None
 
+    def _glob(self, pattern: str, detail: bool = False):
+        """``fs.glob`` of ``<store>/<pattern>``, listed afresh (object stores keep listings)."""
+        fixed = pattern.split("*", 1)[0].rpartition("/")[0]  # the folder above the first wildcard
+        res.forget_listings(self.fs, f"{self.base}/{fixed}" if fixed else self.base)
+        return self.fs.glob(f"{self.base}/{pattern}", detail=detail)
+
     def _parquet(self, pattern: str) -> tuple[list[str], list[pa.Table]]:
-        files = sorted(self.fs.glob(f"{self.base}/{pattern}"))
+        files = sorted(self._glob(pattern))
         tables = []
         for path in files:
             with self.fs.open(path, "rb") as f:
@@ -343,7 +350,7 @@ class StoreReader:
         }
 
     def run_names(self) -> list[str]:
-        files = self.fs.glob(f"{self.base}/{res.RESULTS_DIR}/*.parquet")
+        files = self._glob(f"{res.RESULTS_DIR}/*.parquet")
         return sorted(p.rsplit("/", 1)[-1][: -len(".parquet")] for p in files)
 
     def samples(self) -> pa.Table:
@@ -361,7 +368,7 @@ class StoreReader:
 
     def _signature(self, pattern: str) -> tuple:
         """Names, sizes and modification times of the files matching ``pattern`` (cache keys)."""
-        found = self.fs.glob(f"{self.base}/{pattern}", detail=True)
+        found = self._glob(pattern, detail=True)
         return tuple(sorted((p, d.get("size"), str(d.get("mtime", d.get("LastModified", d.get("ETag"))))) for p, d in found.items()))
 
     def _samples(self, pattern: str) -> pa.Table:
@@ -422,8 +429,7 @@ class StoreReader:
 
     def results_table(self) -> pa.Table:
         """Every committed summary row, as :func:`jetscan.storage.results.read_results` gives them."""
-        listing = self.fs.ls(f"{self.base}/{res.RESULTS_DIR}", detail=True) if self.fs.exists(f"{self.base}/{res.RESULTS_DIR}") else []
-        key = tuple(sorted((d["name"], d.get("size"), str(d.get("mtime", d.get("LastModified", d.get("ETag"))))) for d in listing))
+        key = self._signature(f"{res.RESULTS_DIR}/*.parquet")
         with self._lock:
             if key == self._results_key and self._results_table is not None:
                 return self._results_table

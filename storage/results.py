@@ -68,6 +68,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from jetscan.core import metrics
@@ -89,6 +90,7 @@ __all__ = [
     "read_run",
     "list_runs",
     "rows_with_results",
+    "forget_listings",
 ]
 
 RESULTS_GROUP = "results"
@@ -294,8 +296,32 @@ def summarise(evaluation: dict, n_subsamples: int = 10, seed: int = 0) -> list[d
 # file system helpers
 
 
+def forget_listings(fs, folder: str) -> None:
+    """Drop the listings ``fs`` keeps of ``folder``, of everything below it and of its parents.
+
+    Object-store filesystems (s3fs, gcsfs) keep every folder listing for the life of the
+    filesystem object, and fsspec hands one object to every call with the same options: a
+    long-lived reader would never see runs that other processes committed after its first
+    listing. Call this before listing; the next listing then asks the store. Local folders
+    keep no listings (a no-op there).
+    """
+    if isinstance(fs, LocalFileSystem):
+        return
+    folder = folder.rstrip("/")
+    below = [k for k in list(getattr(fs, "dircache", {})) if k.startswith(folder + "/")]
+    for key in [folder, *below]:
+        fs.invalidate_cache(key)
+
+
+def _committed_parquet(fs, base: str) -> list[str]:
+    """Paths of the committed ``_results/<run>.parquet`` files, sorted, listed afresh."""
+    forget_listings(fs, f"{base}/{RESULTS_DIR}")
+    return sorted(fs.glob(f"{base}/{RESULTS_DIR}/*.parquet"))
+
+
 def _require_store(store: str):
     fs, base = blobs.store_fs(store)
+    fs.invalidate_cache(base)  # not a listing of its parent made before the store was
     if not fs.exists(base):
         raise StorageError(f"no jetscan store at {str(store)!r}: run the study's stages first, or check the path")
     return fs, base
@@ -590,7 +616,7 @@ def _unify(tables: list[pa.Table]) -> pa.Table:
 def list_runs(store: str) -> list[str]:
     """Names of the runs with committed results, sorted."""
     fs, base = _require_store(store)
-    files = sorted(fs.glob(f"{base}/{RESULTS_DIR}/*.parquet"))
+    files = _committed_parquet(fs, base)
     return sorted(p.rsplit("/", 1)[-1][: -len(".parquet")] for p in files)
 
 
@@ -599,6 +625,8 @@ def rows_with_results(store: str, run: str, run_hash: str) -> list[dict] | None:
     ``run_settings_hash`` column is ``run_hash``); else None. Searches and scans reuse such
     runs instead of training and evaluating them again."""
     rel = f"{RESULTS_DIR}/{run}.parquet"
+    fs, base = blobs.store_fs(store)
+    forget_listings(fs, f"{base}/{RESULTS_DIR}")
     if not blobs.exists(store, rel):
         return None
     rows = pq.read_table(io.BytesIO(blobs.read_blob(store, rel))).to_pylist()
@@ -614,7 +642,7 @@ def read_results(store: str) -> pa.Table:
     with no results yet gives an empty table with ``RESULT_COLUMNS``.
     """
     fs, base = _require_store(store)
-    files = sorted(fs.glob(f"{base}/{RESULTS_DIR}/*.parquet"))
+    files = _committed_parquet(fs, base)
     if not files:
         return pa.table({c: pa.array([], type=_EMPTY_TYPES.get(c, pa.float64())) for c in RESULT_COLUMNS})
     tables = []
