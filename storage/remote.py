@@ -92,6 +92,66 @@ def _constant(node: ast.AST, query: str) -> Any:
     raise ConfigError(f"filter {query!r}: {ast.unparse(node)!r} is not a constant (a string, number, true/false or None); {_HELP}")
 
 
+_FIX = {
+    "text": "quote the value, e.g. {c} == 'top'",
+    "numbers": "give a number, e.g. {c} > 0.1",
+    "true/false": "use true or false, e.g. {c} == true",
+}
+_COMPARE_IT = {"text": "compare it, e.g. {c} == 'top'", "numbers": "compare it, e.g. {c} > 0.1"}
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
+
+
+def _holds(type_: pa.DataType | None) -> str | None:
+    """What a column of ``type_`` holds, as a filter's constants name it (None: not checked here)."""
+    if type_ is None:
+        return None
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "text"
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+        return "numbers"
+    if pa.types.is_boolean(type_):
+        return "true/false"
+    return None  # e.g. null (no run has a value yet): every comparison matches nothing
+
+
+def _fits(holds: str | None, value: Any) -> bool:
+    if value is None or holds is None:
+        return True
+    if holds == "text":
+        return isinstance(value, str)
+    if holds == "numbers":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, bool)
+
+
+def _typed(name: str, value: Any, columns: dict, query: str) -> Any:
+    """``value`` checked against the type of column ``name``: one ConfigError naming the column,
+    its type and the fix when they do not match. Integers beyond int64 compare as floats."""
+    holds = _holds(columns[name])
+    if not _fits(holds, value):
+        raise ConfigError(
+            f"filter {query!r}: column {name!r} holds {holds} ({columns[name]}), not {type(value).__name__} {value!r}: "
+            + _FIX[holds].format(c=name)
+        )
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return float(value)
+    return value
+
+
+def _isin(name: str, values: list, columns: dict, query: str) -> pc.Expression:
+    """``name in values`` with the values as an array of the column's type (``in []`` matches no row)."""
+    values = [_typed(name, v, columns, query) for v in values]
+    type_ = columns[name]
+    field = pc.field(name)
+    if type_ is not None and pa.types.is_null(type_):  # no value yet: only None is in
+        return field.is_null() if None in values else field.is_valid()
+    if _holds(type_) == "numbers" and (pa.types.is_floating(type_) or any(isinstance(v, float) for v in values)):
+        if not pa.types.is_floating(type_):
+            field = field.cast(pa.float64())  # 4 in [4.0, 8.5]: compare by value
+        return field.isin(pa.array(values, pa.float64()))
+    return field.isin(pa.array(values, type_) if _holds(type_) else pa.array(values))
+
+
 def _column(node: ast.AST, columns: list[str], query: str) -> str:
     if isinstance(node, ast.Name):
         if node.id not in columns:
@@ -105,8 +165,7 @@ def _compare(op: ast.cmpop, left: ast.AST, right: ast.AST, columns: list[str], q
         name = _column(left, columns, query)
         if not isinstance(right, (ast.List, ast.Tuple, ast.Set)):
             raise ConfigError(f"filter {query!r}: 'in' takes a list of constants, e.g. signal in ['top', 'gluino']")
-        values = [_constant(v, query) for v in right.elts]
-        expr = pc.field(name).isin(values)
+        expr = _isin(name, [_constant(v, query) for v in right.elts], columns, query)
         return ~expr if isinstance(op, ast.NotIn) else expr
     if isinstance(op, (ast.Is, ast.IsNot)):
         name = _column(left, columns, query)
@@ -118,7 +177,7 @@ def _compare(op: ast.cmpop, left: ast.AST, right: ast.AST, columns: list[str], q
     if not isinstance(left, ast.Name) and isinstance(right, ast.Name):  # 0.1 < e100
         left, right, op = right, left, _FLIP[type(op)]()
     name = _column(left, columns, query)
-    value = _constant(right, query)
+    value = _typed(name, _constant(right, query), columns, query)
     if value is None:
         if isinstance(op, ast.Eq):
             return pc.field(name).is_null()
@@ -145,21 +204,35 @@ def _expr(node: ast.AST, columns: list[str], query: str) -> pc.Expression:
             out = out & p
         return out
     if isinstance(node, ast.Name):  # a boolean column on its own
-        return pc.field(_column(node, columns, query)) == True  # noqa: E712 - a pyarrow expression
+        name = _column(node, columns, query)
+        holds = _holds(columns[name])
+        if holds not in (None, "true/false"):
+            fix = _COMPARE_IT[holds].format(c=name)
+            raise ConfigError(f"filter {query!r}: column {name!r} holds {holds} ({columns[name]}), not true/false: {fix}")
+        return pc.field(name) == True  # noqa: E712 - a pyarrow expression
     raise ConfigError(f"filter {query!r}: {ast.unparse(node)!r} is not allowed; {_HELP}")
 
 
-def parse_filter(query: str, columns: list[str]) -> pc.Expression | None:
+def parse_filter(query: str, columns: list[str] | pa.Schema) -> pc.Expression | None:
     """The ``pyarrow.compute`` expression of a filter over ``columns`` (None for an empty one).
 
     Allowed: ``col OP constant`` with OP one of ``== != < <= > >=``, ``col in [...]``,
     ``col not in [...]``, ``col is None`` / ``col is not None``, chained comparisons, and
     ``and``/``or``/``not`` with parentheses. Constants are strings, numbers, ``True``/``False``
     (also ``true``/``false``) and ``None``. Anything else is a :class:`ConfigError`.
+
+    Given the table's schema as ``columns``, every constant must suit its column: text for
+    string columns, numbers for numeric ones (ints and floats compare by value), true/false for
+    boolean ones, None for any; a mismatch is one ConfigError naming the column, its type and
+    the fix. As in Python, ``col in []`` matches no row and ``col not in []`` every row.
     """
     if query is None or not str(query).strip():
         return None
     query = str(query)
+    if isinstance(columns, pa.Schema):
+        columns = {f.name: f.type for f in columns}
+    else:
+        columns = dict.fromkeys(columns)  # names only: types are left to pyarrow
     if len(query) > MAX_QUERY_CHARS:
         raise ConfigError(f"filter is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
     text = " ".join(query.split())  # newlines and tabs are plain spaces here
@@ -174,16 +247,19 @@ def parse_filter(query: str, columns: list[str]) -> pc.Expression | None:
         if isinstance(node, ast.Name) and node.id in ("true", "false", "null") and node.id not in columns:
             node.__class__ = ast.Constant
             node.value = {"true": True, "false": False, "null": None}[node.id]
-    return _expr(tree.body, columns, query)
+    try:
+        return _expr(tree.body, columns, query)
+    except _ARROW_ERRORS as exc:
+        raise ConfigError(f"filter {query!r} does not suit the columns' types ({str(exc).splitlines()[0]}); {_HELP}") from None
 
 
 def filter_table(table: pa.Table, query: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """Rows of ``table`` matching ``query`` (:func:`parse_filter`), then only ``columns``."""
-    expr = parse_filter(query, table.column_names) if query else None
+    expr = parse_filter(query, table.schema) if query else None
     if expr is not None:
         try:
             table = table.filter(expr)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        except _ARROW_ERRORS as exc:
             raise ConfigError(f"filter {query!r} does not apply to the columns' types: {str(exc).splitlines()[0]}") from None
     if columns:
         unknown = [c for c in columns if c not in table.column_names]

@@ -347,7 +347,7 @@ def test_filter_language(study_store):
         ("run ==", "does not parse"),
         ("run == 'x' if True else False", "not allowed"),
         ("signal @ 3", "not allowed"),
-        ("bottleneck == 'four'", "types"),
+        ("bottleneck == 'four'", "column 'bottleneck' holds numbers"),
         ("x" * 3000, "limit"),
     ]:
         with pytest.raises(ConfigError, match=fragment):

@@ -1,0 +1,54 @@
+"""jetscan serve on a store made by results.write_run (no Pythia: seconds, not minutes):
+query errors as JSON 400s, CORS preflights, 404s that name what is served (never the server's
+folders), settings checked at the edge and range errors answered alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from jetscan.storage import results as res
+from tests.storage.test_results import make_evaluation
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+TOKEN = "serve-store-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two evaluated runs (pca_b4, pca_b8) of 300 jets each, in a folder whose path is distinctive."""
+    path = tmp_path_factory.mktemp("private-server-folder") / "study.zarr"
+    for run, bottleneck in (("pca_b4", 4), ("pca_b8", 8)):
+        ev = make_evaluation(run, n=300, kind="pca", config={"model": "pca", "bottleneck": bottleneck}, history=False)
+        res.write_run(str(path), ev, res.summarise(ev))
+    return path
+
+
+def _client(store, **settings):
+    from starlette.testclient import TestClient
+
+    from jetscan.jobs.serve import ServeSettings, create_app
+
+    return TestClient(create_app([str(store)], token=TOKEN, settings=ServeSettings(**settings)), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    with _client(store) as c:
+        yield c
+
+
+def test_filters_of_the_wrong_type_answer_400_naming_column_and_fix(client):
+    for query, message in [
+        ("bottleneck in [4, 'x']", "column 'bottleneck' holds numbers (int64), not str 'x': give a number"),
+        ("auc == 'high'", "column 'auc' holds numbers (double), not str 'high'"),
+        ("run > 3", "column 'run' holds text (string), not int 3: quote the value"),
+    ]:
+        r = client.get("/api/stores/study/results", params={"query": query}, headers=AUTH)
+        assert r.status_code == 400, (query, r.status_code, r.text)
+        assert message in r.json()["error"], query
+    r = client.get("/api/stores/study/results", params={"query": "signal in []"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["total"] == 0
+    r = client.get("/api/stores/study/results", params={"query": "signal not in []"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["total"] == 2
