@@ -213,6 +213,30 @@ def _expr(node: ast.AST, columns: list[str], query: str) -> pc.Expression:
     raise ConfigError(f"filter {query!r}: {ast.unparse(node)!r} is not allowed; {_HELP}")
 
 
+def _spaces_outside_quotes(text: str) -> str:
+    """``text`` with each run of whitespace (newlines, tabs) outside string literals as one
+    space, so a query typed over several lines parses; quoted text is kept exactly."""
+    out: list[str] = []
+    quote, escaped = None, False
+    for ch in text.strip():
+        if quote is not None:
+            out.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch.isspace():
+            if out[-1] != " ":
+                out.append(" ")
+        else:
+            out.append(ch)
+            if ch in "'\"":
+                quote = ch
+    return "".join(out)
+
+
 def parse_filter(query: str, columns: list[str] | pa.Schema) -> pc.Expression | None:
     """The ``pyarrow.compute`` expression of a filter over ``columns`` (None for an empty one).
 
@@ -235,7 +259,7 @@ def parse_filter(query: str, columns: list[str] | pa.Schema) -> pc.Expression | 
         columns = dict.fromkeys(columns)  # names only: types are left to pyarrow
     if len(query) > MAX_QUERY_CHARS:
         raise ConfigError(f"filter is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
-    text = " ".join(query.split())  # newlines and tabs are plain spaces here
+    text = _spaces_outside_quotes(query)
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:

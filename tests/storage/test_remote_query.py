@@ -71,3 +71,12 @@ def test_a_column_with_no_value_yet_matches_nothing_but_none(table):
     assert _runs(table, "adv_lambda in [0.1, 'x']") == []
     assert _runs(table, "adv_lambda in [None]") == ["a", "b", "c"]
     assert _runs(table, "adv_lambda is None") == ["a", "b", "c"]
+
+
+def test_quoted_text_keeps_its_exact_whitespace(table):
+    assert _runs(table, "tag == 'a  b'") == ["a"]
+    assert _runs(table, "tag == 'a b'") == ["b"]
+    assert _runs(table, 'tag in ["a  b", "x"]') == ["a", "c"]
+    assert _runs(table, "tag == 'a\\tb'") == []  # an escaped tab is a tab, not a space
+    # outside quotes, newlines and tabs are spaces still (a query typed over several lines)
+    assert _runs(table, "  tag == 'a  b'\n\tor\n signal == 'gluino'\n") == ["a", "c"]
