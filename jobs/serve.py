@@ -24,7 +24,8 @@ The whole story of the stage:
    service listens on loopback only and was started with ``--no-auth``. Only GET and HEAD are
    accepted (405 otherwise); requests in flight are bounded (503 beyond ``max_concurrency``);
    whole-file responses are bounded (``max_file_bytes``; ranges beyond it); no CORS unless
-   origins are given; every error is JSON ``{"error": "..."}``, never a traceback.
+   origins are given (then a browser's preflight, which carries no token, is answered before
+   the token check); every error is JSON ``{"error": "..."}``, never a traceback.
 """
 
 import hmac
@@ -461,11 +462,17 @@ def create_app(stores: dict[str, str | Path] | list[str], *, token: str | None, 
             },
         )
 
-    if settings.cors_origins:
+    app.add_middleware(_Guard, token=token, max_concurrency=settings.max_concurrency)
+    if settings.cors_origins:  # outermost (added last): preflights carry no token, refusals get CORS headers
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "HEAD"], allow_headers=["authorization", "range"])
-    app.add_middleware(_Guard, token=token, max_concurrency=settings.max_concurrency)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD"],
+            allow_headers=["authorization", "range"],
+            expose_headers=["x-total-rows", "x-next-offset", "content-range", "accept-ranges"],
+        )
     app.state.settings = settings
     app.state.roots = roots
     return app

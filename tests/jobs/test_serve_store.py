@@ -52,3 +52,28 @@ def test_filters_of_the_wrong_type_answer_400_naming_column_and_fix(client):
     assert r.status_code == 200 and r.json()["total"] == 0
     r = client.get("/api/stores/study/results", params={"query": "signal not in []"}, headers=AUTH)
     assert r.status_code == 200 and r.json()["total"] == 2
+
+
+def test_cors_preflight_is_answered_before_the_token_check(store):
+    origin = "https://plots.example"
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization, range"}
+    with _client(store, cors_origins=(origin,)) as c:
+        # a browser sends no token with its preflight: it must get CORS headers, not a 401
+        for path in ("/api/stores/study/results", "/stores/study/zarr.json"):
+            r = c.options(path, headers=preflight)
+            assert r.status_code == 200, (path, r.status_code, r.text)
+            assert r.headers["access-control-allow-origin"] == origin
+            assert {"authorization", "range"} <= {h.strip() for h in r.headers["access-control-allow-headers"].lower().split(",")}
+            assert set(r.headers["access-control-allow-methods"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+        r = c.get("/api/stores/study/results", params={"limit": 1}, headers={**AUTH, "Origin": origin})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        # the browser may read the paging headers
+        assert {"x-total-rows", "x-next-offset"} <= set(r.headers["access-control-expose-headers"].lower().replace(" ", "").split(","))
+        # the guard's refusals carry CORS headers too, so a page can show why
+        r = c.get("/api/stores/study/results", headers={"Origin": origin})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == origin
+        # the token is still required for everything but the preflight; other origins get nothing
+        r = c.options("/api/stores/study/results", headers={**preflight, "Origin": "https://evil.example"})
+        assert r.status_code != 200 and "access-control-allow-origin" not in r.headers
+        r = c.request("OPTIONS", "/api/stores/study/results", headers=AUTH)  # not a preflight
+        assert r.status_code == 405
