@@ -281,10 +281,17 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
 
 
-def cell_name(scan_name: str, run: str, params: Mapping[str, Any], fraction: float, repeat: int, train_variant: str) -> str:
-    """``<scan>-<run>-<hash>``: the same cell settings are always the same run (and seed)."""
+def cell_name(scan_name: str, run: str, params: Mapping[str, Any], fraction: float, repeat: int, train_variant: str,
+              settings: str) -> str:
+    """``<scan>-<run>-<hash>``: the same cell settings are always the same run (and seed).
+
+    ``settings``: a hash of everything the training's weights depend on apart from its name (the
+    base run's settings with the cell's parameters, contamination and variant applied:
+    :func:`jetscan.jobs.train.run_settings` minus ``run``). An edited base run, sample or
+    variation so gives new cell runs (training under the old name would meet a checkpoint made
+    with other settings), while unchanged settings keep their name and their stored results."""
     key = {"run": run, "params": {k: params[k] for k in sorted(params)}, "fraction": fraction, "repeat": repeat,
-           "train_variant": train_variant}
+           "train_variant": train_variant, "settings": settings}
     return f"{scan_name}-{run}-{_hash(key)}"
 
 

@@ -14,7 +14,9 @@ The whole story of the stage:
    samples; one ``evaluate`` task per cell (training x test variant), waiting for its training
    and its test variant's samples. A training is a real run named
    ``<scan>-<run>-<hash of the cell settings>`` (so its seed differs per repeat, and the same
-   settings are always the same run); cells are stored like any run in ``<store>/results/<cell>``
+   settings are always the same run; the hash covers the base run's settings as the study file
+   has them now, so editing the run, a sample or a variation gives new runs, not a clash with
+   the old checkpoints); cells are stored like any run in ``<store>/results/<cell>``
    and ``<store>/_results/<cell>.parquet`` with the extra columns ``scan``, ``cell``, ``repeat``,
    ``fraction``, ``train_variant``, ``test_variant``, ``fpr_at_cut``, ``param_<path>`` and
    ``run_settings_hash`` (the cell's hash: a cell whose results carry it is not computed again,
@@ -119,9 +121,10 @@ def plan_scan(study: Study, name: str, *, threads: int = 1) -> dict:
             for fraction in cfg.fractions:
                 for repeat in range(cfg.repeats):
                     for tv in cfg.variants:
-                        tname = cell_name(name, run, params, fraction, repeat, tv)
-                        data = cell_study_data(base, cfg, run=run, params=params, fraction=fraction, train_variant=tv, name=tname,
-                                               threads=threads)
+                        cell = {"run": run, "params": params, "fraction": fraction, "train_variant": tv}
+                        settings = _training_settings_hash(base, cfg, cell)
+                        tname = cell_name(name, run, params, fraction, repeat, tv, settings)
+                        data = cell_study_data(base, cfg, **cell, name=tname, threads=threads)
                         trainings.append({"run": tname, "variant": tv, "study": data, "base_run": run})
                         axes = {"scan": name, "training": tname, "model": run, "fraction": float(fraction), "repeat": repeat,
                                 "train_variant": tv, **{_param_column(k): v for k, v in params.items()}}
@@ -130,6 +133,18 @@ def plan_scan(study: Study, name: str, *, threads: int = 1) -> dict:
                             cells.append({"cell": cell, "train": tname, "train_variant": tv, "test_variant": test,
                                           "axes": {**axes, "cell": cell, "test_variant": test}})
     return {"config": cfg, "variants": variants, "samples": needed, "trainings": trainings, "cells": cells, "base": base}
+
+
+def _training_settings_hash(base: dict, cfg: ScanConfig, cell: dict) -> str:
+    """A hash of what a cell's training depends on apart from its name (``run_settings`` minus
+    ``run``): the base run as the study file has it now, with the cell's axes applied."""
+    from jetscan.jobs.train import run_settings
+
+    probe = "settings-probe"
+    data = cell_study_data(base, cfg, **cell, name=probe)
+    settings = run_settings(Study.from_dict(data, source="scan cell settings"), probe)
+    settings.pop("run")
+    return settings_hash(settings)
 
 
 def _prepare_samples(plan: dict) -> dict[str, list[str]]:

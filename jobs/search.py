@@ -21,9 +21,10 @@ The whole story of the stage:
    with ``--address``; any launcher, e.g. a Slurm array task, can start ``jetscan search-worker``)
    loop: ask a trial, check it is not a duplicate of a finished or running trial (two workers
    never run the same grid point) nor surplus, then run it as a real run:
-   - the base run with the parameters set, named ``<NAME>-<hash of the parameters>`` (so the same
-     settings are one run: a retried trial resumes from its epoch checkpoint, and settings that
-     already have results are not trained again);
+   - the base run with the parameters set, named ``<NAME>-<hash of the parameters and of the base
+     run's settings>`` (so the same settings are one run: a retried trial resumes from its epoch
+     checkpoint, and settings that already have results are not trained again; an edited base
+     run gives new runs);
    - trained by :func:`jetscan.jobs.train.train` (the pruner sees the validation loss of every
      epoch through ``on_epoch``), evaluated by :func:`jetscan.jobs.evaluate.evaluation_for`, and
      written to ``<store>/results/<run>`` and ``<store>/_results/<run>.parquet`` like any run, with
@@ -154,13 +155,19 @@ def optuna_name(study: Study, name: str) -> str:
     return f"{study.name}.{name}"
 
 
-def _search_hash(study: Study, name: str) -> str:
-    """What a search's trials mean: the base run, the space and the objectives."""
+def _base_settings(study: Study, name: str) -> dict:
+    """The search's base run settings (``run_settings`` minus the run's name)."""
     from jetscan.jobs.train import run_settings
 
-    cfg = search_config(study, name)
-    base = run_settings(study, cfg.run)
+    base = run_settings(study, search_config(study, name).run)
     base.pop("run", None)
+    return base
+
+
+def _search_hash(study: Study, name: str) -> str:
+    """What a search's trials mean: the base run, the space and the objectives."""
+    cfg = search_config(study, name)
+    base = _base_settings(study, name)
     return settings_hash(
         {"run": base, "space": {k: v.model_dump(mode="json") for k, v in cfg.params.items()},
          "objectives": [o.model_dump(mode="json") for o in cfg.objectives]}
@@ -232,15 +239,18 @@ def _load(study: Study, name: str, storage, worker_index: int = 0):
 # trials as runs
 
 
-def trial_run_name(name: str, params: dict[str, Any]) -> str:
-    """``<search>-<hash of the parameters>``: the same settings are always the same run."""
-    return f"{name}-{settings_hash({k: params[k] for k in sorted(params)})[:10]}"
+def trial_run_name(study: Study, name: str, params: dict[str, Any]) -> str:
+    """``<search>-<hash of the parameters and the base run's settings>``: the same settings are
+    always the same run, and an edited base run (or sample) gives new runs rather than a clash
+    with the checkpoints made with the old settings."""
+    key = {"params": {k: params[k] for k in sorted(params)}, "base": settings_hash(_base_settings(study, name))}
+    return f"{name}-{settings_hash(key)[:10]}"
 
 
 def trial_study(study: Study, name: str, params: dict[str, Any], *, threads: int | None = None) -> tuple[Study, str]:
     """The study with one more run, the search's base run with ``params`` set; and its name."""
     cfg = search_config(study, name)
-    run = trial_run_name(name, params)
+    run = trial_run_name(study, name, params)
     data = study.model_dump(mode="json")
     data["train"]["runs"][run] = apply_params(study.run(cfg.run).model_dump(mode="json"), params)
     if threads:
@@ -618,7 +628,7 @@ def _keep_weights(study: Study, name: str, ostudy) -> list[str]:
     import re
 
     keep = {t.user_attrs.get("run") for t in _best_trials(ostudy)}
-    keep |= {trial_run_name(name, t.params) for t in ostudy.get_trials(deepcopy=False)
+    keep |= {trial_run_name(study, name, t.params) for t in ostudy.get_trials(deepcopy=False)
              if t.state.name in ("RUNNING", "WAITING")}  # still to run somewhere: its checkpoint resumes it
     mine = re.compile(re.escape(name) + r"-[0-9a-f]{10}")
     fs, base = blobs.store_fs(study.store)

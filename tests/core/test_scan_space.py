@@ -123,11 +123,12 @@ def test_pythia_accepts_every_variation(make_study, tmp_path):
 
 
 def test_cells_differ_per_repeat_and_axis_but_not_per_call():
-    a = cell_name("s", "pca", {"x": 1}, 0.1, 0, NOMINAL)
-    assert a == cell_name("s", "pca", {"x": 1}, 0.1, 0, NOMINAL)
-    others = {cell_name("s", "pca", {"x": 1}, 0.1, 1, NOMINAL), cell_name("s", "pca", {"x": 2}, 0.1, 0, NOMINAL),
-              cell_name("s", "pca", {"x": 1}, 0.0, 0, NOMINAL), cell_name("s", "pca", {"x": 1}, 0.1, 0, "v")}
-    assert a not in others and len(others) == 4
+    a = cell_name("s", "pca", {"x": 1}, 0.1, 0, NOMINAL, "h")
+    assert a == cell_name("s", "pca", {"x": 1}, 0.1, 0, NOMINAL, "h")
+    others = {cell_name("s", "pca", {"x": 1}, 0.1, 1, NOMINAL, "h"), cell_name("s", "pca", {"x": 2}, 0.1, 0, NOMINAL, "h"),
+              cell_name("s", "pca", {"x": 1}, 0.0, 0, NOMINAL, "h"), cell_name("s", "pca", {"x": 1}, 0.1, 0, "v", "h"),
+              cell_name("s", "pca", {"x": 1}, 0.1, 0, NOMINAL, "other settings")}
+    assert a not in others and len(others) == 5
 
 
 def test_scan_config_alone_refuses_duplicates():

@@ -36,6 +36,7 @@ SCANS = {
     "det": {"runs": ["pca"], "variations": {"res_up": {"detector": {"energy_resolution_scale": 3.0}}}, "matrix": True},
     "kill": {"runs": ["slow"], "repeats": 3},
     "sched": {"runs": ["pca"], "params": {"hyper.bottleneck": [3, 5]}},
+    "edit": {"runs": ["pca"], "repeats": 2},
 }
 
 
@@ -126,6 +127,29 @@ def test_detector_variation_cells_generate_a_variant_sample_and_fill_the_matrix(
     assert set(on_var["samples"]) == {"qcd__res_up", "top__res_up"}
     page = Path(out["report"]).read_text()
     assert "matrix_auc" in page and "matrix_fpr_at_cut" in page
+
+
+def _edited(study, edit):
+    from jetscan.core.study import Study
+
+    data = study.model_dump(mode="json")
+    edit(data)
+    return Study.from_dict(data)
+
+
+def test_an_edited_base_run_scans_as_new_cells_and_unchanged_settings_reuse_them(study):
+    first = scan(study, "edit", workers=1)
+    assert first["failed"] == {} and first["cells"] == 2
+    # the user edits the base run in the study file and runs the scan again
+    edited = _edited(study, lambda d: d["train"]["runs"]["pca"].update(max_fit_jets=60))
+    second = scan(edited, "edit", workers=1)
+    assert second["failed"] == {}, second["failed"]
+    assert second["reused"] == 0 and len(second["outcomes"]) == 4  # two trainings, two cells
+    assert not set(second["table"]["cell"]) & set(first["table"]["cell"])
+    # unchanged settings: every cell is reused, nothing runs
+    third = scan(edited, "edit", workers=1)
+    assert third["reused"] == 2 and third["outcomes"] == {}
+    pd.testing.assert_frame_equal(third["table"], second["table"])
 
 
 def test_a_killed_scan_resumes_without_recomputing_finished_cells(study, tmp_path):

@@ -38,6 +38,8 @@ SEARCHES = {
                "objectives": [{"metric": "auc", "signal": "top"}, "sculpting"], "trials": 3, "seed": 3},
     "kill": {"run": "dense", "space": {"hyper.bottleneck": {"choices": [4, 8]}, "epochs": {"choices": [8]}},
              "sampler": "grid", "trials": 2},
+    "edit": {"run": "pca", "space": {"hyper.bottleneck": {"choices": [3, 5]}}, "sampler": "grid", "trials": 2,
+             "keep_weights": "all"},
     "ray": {"run": "pca", "space": {"hyper.bottleneck": {"choices": [3, 5]}}, "sampler": "grid", "trials": 2},
     "pg": {"run": "dense", "space": {"hyper.bottleneck": {"choices": [3, 5]}, "epochs": {"choices": [12]}},
            "sampler": "grid", "trials": 2, "heartbeat_seconds": 1},
@@ -87,7 +89,7 @@ def test_a_small_search_writes_every_trial_to_parquet_with_its_parameters(study,
     assert losses[18] < losses[10] < losses[2]
     # weights are kept for the best trial only; scores and metrics for all
     best = summary["best"][0]["run"]
-    assert best == trial_run_name("bottleneck", {"hyper.bottleneck": 18})
+    assert best == trial_run_name(study, "bottleneck", {"hyper.bottleneck": 18})
     assert [p.split("/")[1] for p in blobs.glob(study.store, "_runs/bottleneck-*/checkpoint.pt")] == [best]
     assert summary["knee_bottleneck"] in (2, 10, 18)
     for sig in ("top", "gluino"):  # the supervised choice: the bottleneck of the highest AUC
@@ -147,6 +149,28 @@ def test_a_multi_objective_lambda_search_gives_a_pareto_front(study, tmp_path):
     assert {r["adv_lambda"] for r in rows} == {r["param_adversary_adv_lambda"] for r in rows} and len(rows) == 6
 
 
+def test_an_edited_base_run_is_searched_as_new_runs_and_unchanged_settings_reuse_results(study, tmp_path):
+    first = search(study, "edit", storage=str(tmp_path / "first.journal"))
+    assert first["counts"]["COMPLETE"] == 2
+    # the user edits the base run in the study file (so the old journal is refused: a new one)
+    data = study.model_dump(mode="json")
+    data["train"]["runs"]["pca"]["max_fit_jets"] = 100
+    edited = Study.from_dict(data)
+    second = search(edited, "edit", storage=str(tmp_path / "second.journal"))
+    trials = trials_of(edited, "edit", str(tmp_path / "second.journal"))
+    assert second["counts"]["COMPLETE"] == 2, [t.user_attrs.get("error") for t in trials]
+    old_runs = {t.user_attrs["run"] for t in trials_of(study, "edit", str(tmp_path / "first.journal"))}
+    new_runs = {t.user_attrs["run"] for t in trials}
+    assert len(new_runs) == 2 and not new_runs & old_runs
+    assert all("reused_results" not in t.user_attrs for t in trials)  # trained with the edited settings
+    # the same settings again (a fresh journal): the stored results are reused, nothing is trained
+    third = search(edited, "edit", storage=str(tmp_path / "third.journal"))
+    again = trials_of(edited, "edit", str(tmp_path / "third.journal"))
+    assert third["counts"]["COMPLETE"] == 2 and {t.user_attrs["run"] for t in again} == new_runs
+    assert all(t.user_attrs.get("reused_results") for t in again)
+    assert sorted(t.value for t in again) == sorted(t.value for t in trials)
+
+
 def test_workers_as_ray_tasks(study, ray_local):
     summary = search(study, "ray", workers=2, address="auto")  # joins the session's local Ray instance
     trials = trials_of(study, "ray")
@@ -171,8 +195,8 @@ def _wait_for(cond, timeout: float, proc=None) -> None:
 def test_a_killed_search_finishes_when_run_again_without_redoing_or_duplicating(study, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(study.to_yaml())
-    first = trial_run_name("kill", {"hyper.bottleneck": 4, "epochs": 8})
-    second = trial_run_name("kill", {"hyper.bottleneck": 8, "epochs": 8})
+    first = trial_run_name(study, "kill", {"hyper.bottleneck": 4, "epochs": 8})
+    second = trial_run_name(study, "kill", {"hyper.bottleneck": 8, "epochs": 8})
     proc = subprocess.Popen(_cli("search", str(path), "kill"), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # kill it once one trial is complete and the other has written a checkpoint
