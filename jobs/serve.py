@@ -281,7 +281,8 @@ def create_app(stores: dict[str, str | Path] | list[str], *, token: str | None, 
 
     settings = settings or ServeSettings()
     roots = parse_stores(list(stores)) if isinstance(stores, list) else {n: Path(p).resolve() for n, p in stores.items()}
-    readers = {name: remote.StoreReader(str(path)) for name, path in roots.items()}
+    # readers name their store by its served name: answers never show the server's folders
+    readers = {name: remote.StoreReader(str(path), name=name) for name, path in roots.items()}
     consolidated: dict = {}  # group folder -> (signature of the zarr.json files below, answer)
 
     app = FastAPI(

@@ -395,13 +395,15 @@ class StoreReader:
     """Queries on a store read directly: a local path or an fsspec URL (``s3://...``).
 
     Holds the store's filesystem and a small cache of the results table (re-read when the
-    ``_results`` listing changes).
+    ``_results`` listing changes). ``name`` is how error messages name the store (default: its
+    URL); ``jetscan serve`` gives the served name, so its answers never show the server's folders.
     """
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, *, name: str | None = None):
         import fsspec
 
         self.url = str(url).rstrip("/")
+        self.name = name or self.url
         self.storage_options = dict(storage_options or {})
         self.fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.base = path.rstrip("/")
@@ -423,7 +425,7 @@ class StoreReader:
         try:
             return json.loads(self.fs.cat_file(f"{self.base}/{rel}"))
         except FileNotFoundError:
-            raise StorageError(f"store {self.url!r} has no {rel!r}") from None
+            raise StorageError(f"store {self.name!r} has no {rel!r}") from None
 
     def _glob(self, pattern: str, detail: bool = False):
         """``fs.glob`` of ``<store>/<pattern>``, listed afresh (object stores keep listings)."""
@@ -554,7 +556,7 @@ class StoreReader:
         if run not in self.run_names():
             known = self.run_names()
             raise StorageError(
-                f"store {self.url!r} has no results for run {run!r}; "
+                f"store {self.name!r} has no results for run {run!r}; "
                 + (f"runs with results: {', '.join(known)}" if known else "no run has been evaluated yet")
             )
         return self.zarr(f"{res.RESULTS_GROUP}/{run}")
@@ -626,7 +628,7 @@ class StoreReader:
             try:
                 return zarr.open_group(url, mode="r", zarr_format=3, **kwargs)
             except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
-                raise StorageError(f"no zarr group {path!r} in store {self.url!r}") from None
+                raise StorageError(f"no zarr group {path!r} in store {self.name!r}") from None
 
 
 def _bounded(name: str, value: int, lo: int, hi: int) -> int:

@@ -77,3 +77,27 @@ def test_cors_preflight_is_answered_before_the_token_check(store):
         assert r.status_code != 200 and "access-control-allow-origin" not in r.headers
         r = c.request("OPTIONS", "/api/stores/study/results", headers=AUTH)  # not a preflight
         assert r.status_code == 405
+
+
+def test_not_found_answers_name_what_is_served_never_the_server_folder(store, tmp_path):
+    import shutil
+
+    torn = tmp_path / "private-copy" / "study.zarr"
+    shutil.copytree(store, torn)
+    shutil.rmtree(torn / "results" / "pca_b8")  # committed rows whose arrays are gone
+    with _client(torn) as c:
+        answers = {
+            "/api/stores/study/runs/nosuch/roc?signal=top": "store 'study' has no results for run 'nosuch'; runs with results: pca_b4, pca_b8",
+            "/api/stores/study/runs/nosuch/histograms": "store 'study' has no results for run 'nosuch'",
+            "/api/stores/study/runs/pca_b8/roc?signal=top": "no zarr group 'results/pca_b8' in store 'study'",
+            "/api/stores/study/runs/pca_b4/roc?signal=gluino": "run 'pca_b4' has no ROC for signal 'gluino'",
+            "/stores/study/results/nosuch/zarr.json": "no file 'results/nosuch/zarr.json' in the store",
+            "/api/stores/other": "no store 'other' here; stores: study",
+        }
+        for path, message in answers.items():
+            r = c.get(path, headers=AUTH)
+            assert r.status_code == 404, (path, r.status_code, r.text)
+            error = r.json()["error"]
+            assert message in error, (path, error)
+            for secret in (str(torn), str(tmp_path), "private-copy", str(store.parent)):
+                assert secret not in error, (path, error)
