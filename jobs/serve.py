@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jetscan.core.errors import ConfigError, JetscanError, StorageError
 
@@ -66,6 +66,25 @@ class ServeSettings(BaseModel):
     max_concurrency: int = Field(32, ge=1, le=1024, description="requests in flight; more get 503")
     max_file_bytes: int = Field(64 << 20, ge=1, description="largest whole-file response; ask for a Range beyond")
     cors_origins: tuple[str, ...] = Field((), description="origins allowed by CORS (none by default)")
+
+    @model_validator(mode="after")
+    def _default_page_fits(self) -> "ServeSettings":
+        if self.default_page_rows > self.max_page_rows:
+            raise ValueError(
+                f"default_page_rows ({self.default_page_rows}) is more than max_page_rows ({self.max_page_rows}): "
+                "a page asked for without a limit would exceed the limit; lower default_page_rows or raise max_page_rows"
+            )
+        return self
+
+
+def _settings_error(exc: ValidationError) -> ConfigError:
+    """One ConfigError naming every invalid setting, its rule and value (no pydantic traceback)."""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {msg} (got {err.get('input')!r})" if key else msg)
+    return ConfigError("jetscan serve settings: " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------
@@ -196,6 +215,8 @@ def _check_range(value: str, size: int) -> None:
     if suffix is not None:
         if int(suffix) == 0:
             raise HTTPException(416, f"Range {value!r}: an empty suffix selects nothing", headers={"content-range": f"bytes */{size}"})
+        if size == 0:
+            raise HTTPException(416, f"Range {value!r}: the file is empty (0 bytes)", headers={"content-range": "bytes */0"})
         return
     if int(start) >= size or (end and int(end) < int(start)):
         raise HTTPException(416, f"Range {value!r} is outside the file's {size} bytes", headers={"content-range": f"bytes */{size}"})
@@ -561,6 +582,9 @@ def serve_cmd(
     max_page_rows: int = typer.Option(1000, "--max-page-rows", help="rows per page of any table"),
 ) -> None:
     """Serve stores read-only over HTTP: zarr v3 (range requests) and query endpoints."""
-    settings = ServeSettings(max_concurrency=max_concurrency, max_page_rows=max_page_rows, default_page_rows=min(100, max_page_rows))
+    try:
+        settings = ServeSettings(max_concurrency=max_concurrency, max_page_rows=max_page_rows, default_page_rows=min(100, max(1, max_page_rows)))
+    except ValidationError as exc:
+        raise _settings_error(exc) from None
     token = read_token(token_file) if token_file is not None else (None if no_auth else read_token(None))
     serve(store, host=host, port=port, token=token, no_auth=no_auth, settings=settings)

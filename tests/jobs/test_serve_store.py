@@ -101,3 +101,32 @@ def test_not_found_answers_name_what_is_served_never_the_server_folder(store, tm
             assert message in error, (path, error)
             for secret in (str(torn), str(tmp_path), "private-copy", str(store.parent)):
                 assert secret not in error, (path, error)
+
+
+def test_default_page_rows_above_max_page_rows_is_refused_at_the_edge(store):
+    from jetscan.core.errors import ConfigError
+    from jetscan.jobs.serve import ServeSettings, serve_cmd
+
+    with pytest.raises(ValueError, match=r"default_page_rows \(500\) is more than max_page_rows \(100\): .*default_page_rows"):
+        ServeSettings(max_page_rows=100, default_page_rows=500)
+    assert ServeSettings(max_page_rows=100, default_page_rows=100).default_page_rows == 100
+    # the command names the problem as one ConfigError, before it binds or serves anything
+    with pytest.raises(ConfigError, match=r"max_page_rows: .*greater than or equal to 1 \(got 0\)"):
+        serve_cmd(store=[str(store)], host="127.0.0.1", port=0, token_file=None, no_auth=True, max_concurrency=4, max_page_rows=0)
+
+
+def test_range_errors_answer_alike_on_an_empty_file(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "study.zarr"
+    shutil.copytree(store, copy)
+    (copy / "results" / "pca_b4" / "empty.bin").write_bytes(b"")
+    with _client(copy) as c:
+        for value in ("bytes=-4", "bytes=0-", "bytes=0-3", "bytes=-0"):
+            r = c.get("/stores/study/results/pca_b4/empty.bin", headers={**AUTH, "Range": value})
+            assert r.status_code == 416, (value, r.status_code, r.text)
+            assert r.headers["content-type"] == "application/json", value
+            assert r.headers["content-range"] == "bytes */0", value
+            assert value in r.json()["error"], value
+        r = c.get("/stores/study/results/pca_b4/empty.bin", headers=AUTH)
+        assert r.status_code == 200 and r.content == b""
