@@ -22,7 +22,8 @@ The whole story of the stage:
    ``run_settings_hash`` (the cell's hash: a cell whose results carry it is not computed again,
    :func:`jetscan.storage.results.rows_with_results`; a killed scan re-run resumes, training
    from its epoch checkpoints).
-3. Aggregation, on the same Dask cluster: the cells' parquet files read with
+3. Aggregation, on the same Dask cluster: the parquet files of the cells that are done (results
+   with their current settings hash: no failed cell's rows from older settings) read with
    ``dask.dataframe`` into the tidy table (one row per cell x signal, the axes as columns),
    ``<store>/_scan/<NAME>.parquet``, and the band table over repeats
    (``<store>/_scan/<NAME>-bands.parquet``); ROC curves with bootstrap bands from the stored
@@ -254,7 +255,8 @@ def _store_path(study: Study, rel: str) -> str:
 
 
 def aggregate_table(study: Study, cells: list[str], param_columns: list[str]):
-    """The tidy table (pandas): every committed cell's rows read with dask.dataframe."""
+    """The tidy table (pandas): the rows of ``cells`` (those committed) read with dask.dataframe.
+    :func:`aggregate` passes the scan's current cells that are done (see :func:`_done_cells`)."""
     import dask.dataframe as dd
     import pandas as pd
 
@@ -368,14 +370,17 @@ def _write_parquet(study: Study, rel: str, df) -> None:
 
 
 def aggregate(study: Study, name: str, plan: dict, client=None) -> dict:
-    """Tidy table, bands over repeats and ROC bands; written under ``<store>/_scan/``."""
+    """Tidy table, bands over repeats and ROC bands; written under ``<store>/_scan/``. Only the
+    plan's cells whose stored results carry their current settings hash are read: a cell that
+    failed now keeps no rows made with older settings (another cut, sample or variation)."""
     import pandas as pd
 
     from jetscan.storage import blobs
 
     cfg = plan["config"]
     pcols = [_param_column(k) for k in cfg.params]
-    table = aggregate_table(study, [c["cell"] for c in plan["cells"]], pcols)
+    done = _done_cells(plan)  # not a failed cell's results from older settings
+    table = aggregate_table(study, [c["cell"] for c in plan["cells"] if c["cell"] in done], pcols)
     _write_parquet(study, f"{SCAN_DIR}/{name}.parquet", table)
     bands = band_table(table, pcols) if len(table) else pd.DataFrame()
     _write_parquet(study, f"{SCAN_DIR}/{name}-bands.parquet", bands)

@@ -37,6 +37,7 @@ SCANS = {
     "kill": {"runs": ["slow"], "repeats": 3},
     "sched": {"runs": ["pca"], "params": {"hyper.bottleneck": [3, 5]}},
     "edit": {"runs": ["pca"], "repeats": 2},
+    "stale": {"runs": ["pca"], "repeats": 2},
 }
 
 
@@ -150,6 +151,21 @@ def test_an_edited_base_run_scans_as_new_cells_and_unchanged_settings_reuse_them
     third = scan(edited, "edit", workers=1)
     assert third["reused"] == 2 and third["outcomes"] == {}
     pd.testing.assert_frame_equal(third["table"], second["table"])
+
+
+def test_the_table_holds_only_cells_done_with_the_current_settings(study):
+    first = scan(study, "stale", workers=1)
+    assert first["failed"] == {} and sorted(first["table"]["fpr_at_cut"].round(1)) == [0.1, 0.1]
+    # another cut (the same trainings, new evaluations), and one training's checkpoint is broken
+    edited = _edited(study, lambda d: d["scan"]["stale"].update(cut_fpr=0.3))
+    broken, kept = sorted(first["table"]["cell"])
+    Path(study.store, "_runs", broken, "checkpoint.pt").write_bytes(b"not a checkpoint")
+    second = scan(edited, "stale", workers=1)
+    assert set(second["failed"]) == {f"train-{broken}", f"cell-{broken}"}, second["failed"]
+    # the failed cell's results from the old cut are not in the table, nor in the stored one
+    assert list(second["table"]["cell"]) == [kept] and second["table"]["fpr_at_cut"].round(1).tolist() == [0.3]
+    stored = pd.read_parquet(f"{study.store}/{SCAN_DIR}/stale.parquet")
+    assert list(stored["cell"]) == [kept] and len(second["bands"]) == 1 and set(second["roc"]["cell"]) == {kept}
 
 
 def test_a_killed_scan_resumes_without_recomputing_finished_cells(study, tmp_path):
