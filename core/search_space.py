@@ -172,7 +172,17 @@ class SearchConfig(_Frozen):
     keep_weights: Literal["best", "all"] = Field(
         "best", description="checkpoints kept at the end: the best trial (the Pareto front for 2+ objectives), or all"
     )
-    heartbeat_seconds: int = Field(60, ge=1, le=3600, description="RDB storages: heartbeat interval (grace: 2x)")
+    heartbeat_seconds: int = Field(
+        60, ge=1, le=3600,
+        description="heartbeat interval of a running trial (RDB storages: Optuna's, grace 2x; journals: the "
+                    "trial's 'heartbeat' user attr)",
+    )
+    stale_seconds: int | None = Field(
+        None, ge=1, le=7 * 86400,
+        description="journal storages: a RUNNING trial whose heartbeat is older than this is taken as a dead "
+                    "worker's and retried (default: 5 heartbeats); a worker on the driver's host whose process "
+                    "is gone is taken as dead at once",
+    )
     max_failures: int | None = Field(None, ge=0, description="failed trials after which the search stops (default: trials)")
 
     @field_validator("space")
@@ -200,7 +210,17 @@ class SearchConfig(_Frozen):
         labels = [o.label for o in self.objectives]
         if len(set(labels)) != len(labels):
             raise ValueError(f"objectives repeat: {labels}")
+        if self.stale_seconds is not None and self.stale_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"stale_seconds {self.stale_seconds} would take live workers for dead ones: it must exceed two "
+                f"heartbeats (2 x heartbeat_seconds = {2 * self.heartbeat_seconds}); raise it or lower heartbeat_seconds"
+            )
         return self
+
+    @property
+    def stale_after_seconds(self) -> int:
+        """Journal storages: the heartbeat age after which a RUNNING trial is a dead worker's."""
+        return self.stale_seconds if self.stale_seconds is not None else 5 * self.heartbeat_seconds
 
     @property
     def sampler_name(self) -> str:

@@ -12,10 +12,16 @@ The whole story of the stage:
    optuna #820, #4994) at ``<store>/_search/<NAME>.journal`` by default, or any RDB URL
    (``--storage postgresql://...``: ``RDBStorage`` with heartbeats, so the trial of a dead
    worker is marked FAIL and retried, ``RetryHeartbeatStaleTrialCallback``).
-3. Before starting workers the driver recovers trials a dead worker left RUNNING in a journal
-   (which has no heartbeat): each is marked FAIL (user attr ``error``) and its parameters are
-   enqueued again, unless its worker (``host:pid`` user attr) is a live process on this host.
-   An RDB storage relies on its heartbeat instead (the driver waits out the grace period).
+3. Before starting workers the driver recovers trials a dead worker left RUNNING in a journal:
+   each is marked FAIL (user attr ``error``) and its parameters are enqueued again. A journal
+   has no heartbeat of its own, so a worker writes one into its running trial (user attr
+   ``heartbeat``, unix time, every ``heartbeat_seconds``); a trial is a dead worker's when its
+   worker (``host:pid`` user attr) was a process of the driver's host that is gone, or when its
+   heartbeat is older than the search's ``stale_seconds`` (default 5 heartbeats, 5 minutes):
+   the trials of live workers on other hosts (Slurm array tasks, another search command) are
+   left alone, and the driver waits at most that long for them before it gives up a round.
+   Hosts' clocks are compared, so keep ``stale_seconds`` well above their skew. An RDB storage
+   relies on Optuna's heartbeat instead (the driver waits out the grace period).
 4. Workers (:func:`worker`: in this process for one worker, N local processes
    (:func:`jetscan.cluster.local.run_processes` running ``jetscan search-worker``), or N Ray tasks
    with ``--address``; any launcher, e.g. a Slurm array task, can start ``jetscan search-worker``)
@@ -43,12 +49,14 @@ The whole story of the stage:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -417,6 +425,11 @@ def worker(
     session = session or uuid.uuid4().hex[:12]
     skips = 0
 
+    def beating(trial):  # an RDB storage beats by itself (Optuna's heartbeat)
+        if _is_rdb(storage_url):
+            return contextlib.nullcontext()
+        return _beating(storage, trial._trial_id, cfg.heartbeat_seconds)
+
     def objective(trial) -> Any:
         trial.set_user_attr("worker", _worker_tag())
         trial.set_user_attr("session", session)
@@ -431,7 +444,8 @@ def worker(
             trial.set_user_attr("skipped", f"surplus: {ahead} trials already complete or running for a target of {target}")
             raise _Skipped("surplus")
         try:
-            values = run_trial(study, name, trial, params, threads=threads)
+            with beating(trial):
+                values = run_trial(study, name, trial, params, threads=threads)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -460,20 +474,69 @@ def worker(
     return _counts(ostudy, session)
 
 
-def recover_orphans(ostudy, storage) -> list[int]:
-    """Journal storages: mark trials left RUNNING by dead workers FAIL and enqueue their parameters
-    again (same settings, same run: the retry resumes from the run's checkpoint). A trial whose
-    worker is a live process on this host (another search command) is left alone."""
-    import optuna
+HEARTBEAT = "heartbeat"
+
+
+@contextlib.contextmanager
+def _beating(storage, trial_id: int, interval_s: float):
+    """Journal storages (no heartbeat of their own): write the trial's ``heartbeat`` user attr
+    (unix time) now and every ``interval_s`` while the block runs, from a daemon thread, so that
+    :func:`recover_orphans` can tell a live worker's trial (on any host) from a dead one's."""
+    storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            try:
+                storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+            except Exception:  # noqa: BLE001 - the trial was finished elsewhere, or the storage is gone: stop
+                return
+
+    thread = threading.Thread(target=beat, name=f"jetscan-heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+def _last_alive_s(t) -> float | None:
+    """Unix time of a trial's last sign of life: its heartbeat, else its start."""
+    beat = t.user_attrs.get(HEARTBEAT)
+    if isinstance(beat, (int, float)):
+        return float(beat)
+    return t.datetime_start.timestamp() if t.datetime_start is not None else None
+
+
+def _orphaned(t, stale_seconds: float, now_s: float) -> bool:
+    """A RUNNING trial's worker is dead: a process of this host that is gone (or this very
+    process, which runs no trial while the driver recovers), or no heartbeat for ``stale_seconds``
+    (workers on other hosts: Slurm array tasks, other search commands)."""
     import psutil
 
+    w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+    if w_host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid() or not psutil.pid_exists(int(pid)):
+            return True
+    last = _last_alive_s(t)
+    return last is None or now_s - last > stale_seconds
+
+
+def recover_orphans(ostudy, storage, *, stale_seconds: float) -> list[int]:
+    """Journal storages: mark trials left RUNNING by dead workers FAIL and enqueue their parameters
+    again (same settings, same run: the retry resumes from the run's checkpoint). A worker is
+    dead when it ran on this host and its process is gone, or when its trial's heartbeat (see
+    :func:`_beating`) is older than ``stale_seconds``; the trials of live workers, here or on
+    other hosts, are left alone."""
+    import optuna
+
     recovered = []
-    host = socket.gethostname()
+    now_s = time.time()
     for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        tag = str(t.user_attrs.get("worker", ""))
-        w_host, _, pid = tag.rpartition(":")
-        if w_host == host and pid.isdigit() and int(pid) != os.getpid() and psutil.pid_exists(int(pid)):
+        if not _orphaned(t, stale_seconds, now_s):
             continue
+        tag = str(t.user_attrs.get("worker", ""))
         try:
             storage.set_trial_user_attr(t._trial_id, "error", f"worker {tag or '?'} died mid-trial; retried as a new trial")
             storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
@@ -482,6 +545,21 @@ def recover_orphans(ostudy, storage) -> list[int]:
         if t.params:
             ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered.append(t.number)
+    return recovered
+
+
+def _wait_for_journal_trials(ostudy, storage, cfg: SearchConfig) -> list[int]:
+    """Journal storages: wait (at most one stale period) for trials RUNNING elsewhere to finish
+    or go stale, recovering the stale ones; the trials recovered."""
+    import optuna
+
+    deadline = time.time() + cfg.stale_after_seconds + cfg.heartbeat_seconds
+    recovered: list[int] = []
+    while time.time() < deadline:
+        recovered += recover_orphans(ostudy, storage, stale_seconds=cfg.stale_after_seconds)
+        if not ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            break
+        time.sleep(min(5.0, cfg.heartbeat_seconds))
     return recovered
 
 
@@ -560,8 +638,11 @@ def search(
                 if rounds and c["RUNNING"] and not c["WAITING"] and c["done"] < target:
                     _wait_for_heartbeats(ostudy, cfg)  # workers are done here: wait until those trials go stale
                 recovered = []
-            else:
-                recovered = recover_orphans(ostudy, backend)
+            else:  # a journal: its trials carry a heartbeat user attr (_beating)
+                recovered = recover_orphans(ostudy, backend, stale_seconds=cfg.stale_after_seconds)
+                c = _counts(ostudy, session)
+                if rounds and c["RUNNING"] and not c["WAITING"] and c["done"] < target:
+                    recovered += _wait_for_journal_trials(ostudy, backend, cfg)  # running on other hosts
             c = _counts(ostudy, session)
             if c["done"] >= target or c["errors"] >= max_failures or rounds >= max_rounds:
                 break

@@ -94,12 +94,21 @@ def test_the_example_study_validates():
         ({"run": "dense", "space": {"lr": {"float": [1e-3, 1e-2]}}, "sampler": "grid"}, "sampler grid needs a finite space: give lr a step"),
         ({"run": "dense", "space": {"lr": {"float": [1e-3, 1e-2]}}, "trials": 0}, "search.s.trials: Input should be greater than or equal to 1"),
         ({"run": "dense", "space": {"lr": {"float": [1e-3, 1e-2], "int": [1, 2]}}}, "give exactly one of int"),
+        ({"run": "dense", "space": {"lr": {"float": [1e-3, 1e-2]}}, "heartbeat_seconds": 60, "stale_seconds": 120},
+         "stale_seconds 120 would take live workers for dead ones: it must exceed two heartbeats \\(2 x heartbeat_seconds = 120\\)"),
     ],
 )
 def test_bad_search_sections_give_one_clear_error(search, message):
     with pytest.raises(ConfigError, match=message) as info:
         study(search)
     assert "{'name'" not in str(info.value)  # the message names the key, not the whole study
+
+
+def test_a_journal_trial_goes_stale_after_five_heartbeats_unless_set():
+    space = {"lr": {"float": [1e-3, 1e-2]}}
+    assert study({"run": "dense", "space": space}).search["s"].stale_after_seconds == 300
+    assert study({"run": "dense", "space": space, "heartbeat_seconds": 10}).search["s"].stale_after_seconds == 50
+    assert study({"run": "dense", "space": space, "stale_seconds": 3600}).search["s"].stale_after_seconds == 3600
 
 
 def test_grid_values():
