@@ -9,6 +9,10 @@ makes the client:
 - ``cluster="slurm"``: dask-jobqueue's ``SLURMCluster``, one Slurm job per worker
   (:func:`slurm_job_script` is what ``--dry-run`` prints).
 
+With an existing scheduler or Slurm jobs, work starts as soon as one worker is connected (the
+others join as their jobs leave the queue); if none comes within ``worker_timeout_s`` (default
+an hour, ``--worker-timeout``) :func:`open_client` raises one RunnerError saying where to look.
+
 Versions: dask-jobqueue 0.9.0 (2024) with dask/distributed 2026.8 import and build job
 scripts and clusters unchanged (tested in tests/jobs/test_scan.py); pyproject pins the set.
 
@@ -28,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from jetscan.core.errors import ConfigError, RunnerError
 
-__all__ = ["Task", "open_client", "slurm_cluster_kwargs", "slurm_job_script", "run_graph"]
+__all__ = ["Task", "open_client", "check_client_options", "slurm_cluster_kwargs", "slurm_job_script", "run_graph"]
 
 
 @dataclass
@@ -70,24 +74,54 @@ def slurm_job_script(**kwargs) -> str:
         cluster.close()
 
 
-@contextlib.contextmanager
-def open_client(
-    *, workers: int = 1, scheduler: str | None = None, cluster: str | None = None,
-    slurm: dict | None = None, timeout_s: float = 120.0,
-) -> Iterator[Any]:
-    """A ``distributed.Client``; the cluster it made (if any) is closed on exit."""
-    from distributed import Client, LocalCluster
+CLUSTERS = ("slurm",)
+#: how long a scan waits for its first worker by default (Slurm jobs may sit in the queue)
+WORKER_TIMEOUT_S = 3600.0
 
+
+def check_client_options(*, workers: int, scheduler: str | None = None, cluster: str | None = None,
+                         worker_timeout_s: float = WORKER_TIMEOUT_S) -> None:
+    """The client options, checked before any work (one ConfigError naming the option and the fix)."""
     if workers < 1:
         raise ConfigError(f"--workers: must be at least 1 (got {workers})")
     if scheduler is not None and cluster is not None:
         raise ConfigError("--scheduler and --cluster are exclusive: connect to a running scheduler, or start a cluster")
+    if cluster is not None and cluster not in CLUSTERS:
+        raise ConfigError(f"--cluster: unknown cluster {cluster!r}; clusters: {', '.join(CLUSTERS)} (default: a local cluster)")
+    if not worker_timeout_s > 0:
+        raise ConfigError(f"--worker-timeout: must be a positive number of seconds (got {worker_timeout_s})")
+
+
+def _wait_for_a_worker(client, timeout_s: float, where: str, hint: str) -> None:
+    """Start as soon as one worker is there (the others join when they start); one clear error
+    if none comes in ``timeout_s``."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except TimeoutError:
+        raise RunnerError(
+            f"{where}: no Dask worker connected within {timeout_s:g} s ({hint}); raise --worker-timeout to wait longer"
+        ) from None
+
+
+@contextlib.contextmanager
+def open_client(
+    *, workers: int = 1, scheduler: str | None = None, cluster: str | None = None,
+    slurm: dict | None = None, timeout_s: float = 120.0, worker_timeout_s: float = WORKER_TIMEOUT_S,
+) -> Iterator[Any]:
+    """A ``distributed.Client``; the cluster it made (if any) is closed on exit. ``timeout_s``:
+    connecting to the scheduler; ``worker_timeout_s``: waiting for the first worker of an existing
+    scheduler or of Slurm jobs (work starts with one; the rest join as their jobs start)."""
+    from distributed import Client, LocalCluster
+
+    check_client_options(workers=workers, scheduler=scheduler, cluster=cluster, worker_timeout_s=worker_timeout_s)
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout=timeout_s)
         except OSError as exc:
             raise RunnerError(f"--scheduler {scheduler}: cannot connect ({exc}); start 'dask scheduler' there, or drop --scheduler") from None
         try:
+            _wait_for_a_worker(client, worker_timeout_s, f"--scheduler {scheduler}",
+                               "start 'dask worker SCHEDULER' somewhere that reaches it")
             yield client
         finally:
             client.close()
@@ -105,13 +139,12 @@ def open_client(
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, silence_logs=40,
             )
-    else:
-        raise ConfigError(f"--cluster: unknown cluster {cluster!r}; clusters: slurm (default: a local cluster)")
     try:
         client = Client(made, timeout=timeout_s)
         try:
             if cluster == "slurm":
-                client.wait_for_workers(workers, timeout=timeout_s)
+                _wait_for_a_worker(client, worker_timeout_s, f"--cluster slurm ({workers} job(s) submitted)",
+                                   "the jobs may still be queued, or have failed: see squeue and their logs")
             yield client
         finally:
             client.close()

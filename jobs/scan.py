@@ -406,11 +406,13 @@ def aggregate(study: Study, name: str, plan: dict, client=None) -> dict:
 
 
 def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = None, cluster: str | None = None,
-         slurm: dict | None = None, report_dir: Path | None = None, echo=None, threads: int | None = None) -> dict:
+         slurm: dict | None = None, report_dir: Path | None = None, echo=None, threads: int | None = None,
+         worker_timeout_s: float | None = None) -> dict:
     """Run (or resume) the scan; returns {"outcomes", "failed", "table", "bands", "roc", "report"?}.
     ``threads``: torch threads per task (default: this machine's cores / ``workers`` on a local
-    cluster, else 1)."""
-    from jetscan.cluster.dask import Task, open_client, run_graph
+    cluster, else 1). ``worker_timeout_s``: how long to wait for the first worker of an existing
+    scheduler or of Slurm jobs (default :data:`jetscan.cluster.dask.WORKER_TIMEOUT_S`)."""
+    from jetscan.cluster.dask import WORKER_TIMEOUT_S, Task, open_client, run_graph
     from jetscan.storage import blobs
 
     echo = echo or (lambda *_: None)
@@ -440,7 +442,8 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
              and t.key.removeprefix("cell-") not in done]
     tasks = [Task(t.key, t.fn, t.args, t.kwargs, tuple(d for d in t.deps if d in {x.key for x in tasks})) for t in tasks]
     t0 = time.perf_counter()
-    with open_client(workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm) as client:
+    with open_client(workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm,
+                     worker_timeout_s=WORKER_TIMEOUT_S if worker_timeout_s is None else worker_timeout_s) as client:
         if tasks:  # every worker imports the training stack at once (~5 s each), before the first task
             client.run(_warm_worker)
         echo(f"scan {name}: {len(plan['cells'])} cells ({len(done)} done before), {len(tasks)} tasks to run "
@@ -624,6 +627,8 @@ def add_commands(app) -> None:
     """``jetscan scan``."""
     import typer
 
+    from jetscan.cluster.dask import WORKER_TIMEOUT_S
+
     @app.command("scan")
     def scan_cmd(
         study_path: Path = typer.Argument(..., metavar="STUDY.yaml"),
@@ -635,6 +640,9 @@ def add_commands(app) -> None:
         queue: Optional[str] = typer.Option(None, "--queue", help="Slurm partition of the worker jobs"),
         memory: str = typer.Option("4GB", "--memory", help="memory of each worker job"),
         walltime: str = typer.Option("02:00:00", "--walltime", help="time limit of each worker job"),
+        worker_timeout: float = typer.Option(
+            WORKER_TIMEOUT_S, "--worker-timeout", help="seconds to wait for the first worker (--cluster slurm / --scheduler); "
+                                             "work starts with one, the others join as their jobs start"),
         report: Optional[Path] = typer.Option(None, "--report", help="report folder (default: beside the store)"),
     ) -> None:
         """Contamination / systematics grid on Dask: cells are real runs, trained, evaluated, aggregated."""
@@ -653,7 +661,7 @@ def add_commands(app) -> None:
         console = Console(stderr=True)
         out = report or _report_dir(study)
         summary = scan(study, name, workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm,
-                       report_dir=out, echo=console.print)
+                       report_dir=out, echo=console.print, worker_timeout_s=worker_timeout)
         console.print(f"scan {name}: {summary['cells']} cells, {summary['reused']} reused, "
                       f"{len(summary['failed'])} task(s) failed; table {SCAN_DIR}/{name}.parquet in the store")
         if "report" in summary:
