@@ -376,19 +376,24 @@ def _failed_in(t, session: str | None) -> bool:
 
 
 def _remaining_points(cfg: SearchConfig, trials, session: str | None) -> int | None:
-    """Points of a finite space not yet complete, running, or failed in this command (None: infinite)."""
-    import itertools
+    """Points of a finite space not yet complete, running, or failed in this command (None: infinite).
 
+    Counted, not listed (a grid can have millions of points): the number of distinct points less
+    the distinct taken parameter sets that are points of the grid."""
     from jetscan.core.search_space import grid_values
 
-    params = cfg.params
-    axes = [grid_values(spec) for spec in params.values()]
-    if any(a is None for a in axes):
+    axes = {path: grid_values(spec) for path, spec in cfg.params.items()}
+    if any(values is None for values in axes.values()):
         return None
+    grid = {path: set(values) for path, values in axes.items()}
     taken = {tuple(sorted(t.params.items())) for t in trials
              if t.state.name in ("COMPLETE", "PRUNED", "RUNNING") or _failed_in(t, session)}
-    points = {tuple(sorted(zip(params, combo))) for combo in itertools.product(*axes)}
-    return len(points - taken)
+    on_grid = sum(1 for point in taken if _on_grid(dict(point), grid))
+    return math.prod(len(values) for values in grid.values()) - on_grid
+
+
+def _on_grid(point: dict[str, Any], grid: dict[str, set]) -> bool:
+    return point.keys() == grid.keys() and all(point[path] in values for path, values in grid.items())
 
 
 def _worker_tag() -> str:
