@@ -57,6 +57,7 @@ __all__ = [
     "ScanConfig",
     "check_scan",
     "variant_sample",
+    "base_sample",
     "variant_study_data",
     "cell_study_data",
     "cell_name",
@@ -235,6 +236,12 @@ class ScanConfig(_Frozen):
 
 def variant_sample(sample: str, variant: str) -> str:
     return sample if variant == NOMINAL else f"{sample}{VARIANT_SEP}{variant}"
+
+
+def base_sample(sample: str, variant: str) -> str:
+    """The inverse of :func:`variant_sample`: only the variant's own suffix comes off (a sample
+    name may itself hold ``__``)."""
+    return sample if variant == NOMINAL else sample.removesuffix(f"{VARIANT_SEP}{variant}")
 
 
 def _rename_runs(data: dict, rename: Mapping[str, str]) -> None:

@@ -52,6 +52,7 @@ from jetscan.core.errors import ConfigError, RunnerError
 from jetscan.core.scan_space import (
     NOMINAL,
     ScanConfig,
+    base_sample,
     cell_name,
     cell_study_data,
     variant_sample,
@@ -211,7 +212,7 @@ def _evaluate_task(train_data: dict, run: str, test_data: dict, cell: str, axes:
     representation = cfg.representation or info.representation
     tv, test = axes["train_variant"], axes["test_variant"]
     train_bkg = [s for s in cfg.samples if not tstudy.sample(s).is_signal]
-    base_bkg = [s.removesuffix(f"__{tv}") if tv != NOMINAL else s for s in train_bkg]
+    base_bkg = [base_sample(s, tv) for s in train_bkg]
     test_bkg = [variant_sample(s, test) for s in base_bkg]
     signals = [s for s in estudy.samples if estudy.sample(s).is_signal]
     cell_hash = _cell_hash(tstudy, run, estudy, test_bkg + signals, cut_fpr)
@@ -273,7 +274,8 @@ def aggregate_table(study: Study, cells: list[str], param_columns: list[str]):
     table = df.compute()
     # the signal's base name (variant suffix off) so a column of the matrix compares like with like
     table["signal_variant"] = table["signal"]
-    table["signal"] = table["signal"].str.split("__").str[0]
+    base = [base_sample(s, v) for s, v in zip(table["signal"], table["test_variant"])]
+    table["signal"] = pd.Series(base, index=table.index, dtype=table["signal"].dtype)
     return table.sort_values(["model", *param_columns, "fraction", "train_variant", "test_variant", "signal", "repeat"]).reset_index(drop=True)
 
 

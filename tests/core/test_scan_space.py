@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from jetscan.core.errors import ConfigError
-from jetscan.core.scan_space import NOMINAL, ScanConfig, cell_name, cell_study_data, variant_study_data
+from jetscan.core.scan_space import (
+    NOMINAL,
+    ScanConfig,
+    base_sample,
+    cell_name,
+    cell_study_data,
+    variant_sample,
+    variant_study_data,
+)
 from jetscan.core.study import Study
 
 RUNS = {
@@ -129,6 +137,13 @@ def test_cells_differ_per_repeat_and_axis_but_not_per_call():
               cell_name("s", "pca", {"x": 1}, 0.0, 0, NOMINAL, "h"), cell_name("s", "pca", {"x": 1}, 0.1, 0, "v", "h"),
               cell_name("s", "pca", {"x": 1}, 0.1, 0, NOMINAL, "other settings")}
     assert a not in others and len(others) == 5
+
+
+def test_a_variant_samples_base_name_comes_back_whole():
+    for sample in ("top", "top__had", "w__lep__x"):
+        for variant in (NOMINAL, "x", "res_up"):
+            assert base_sample(variant_sample(sample, variant), variant) == sample
+    assert base_sample("top__had", NOMINAL) == "top__had"
 
 
 def test_scan_config_alone_refuses_duplicates():
