@@ -42,6 +42,7 @@ __all__ = [
     "Objective",
     "SearchConfig",
     "check_search",
+    "check_objectives",
     "canonical_path",
     "apply_params",
     "grid_values",
@@ -288,12 +289,15 @@ def apply_params(run: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
     return out
 
 
-def check_search(name: str, search: SearchConfig, runs: Mapping[str, Any], samples: Mapping[str, Any]) -> None:
+def check_search(name: str, search: SearchConfig, runs: Mapping[str, Any], samples: Mapping[str, Any],
+                 splits: Any = None) -> None:
     """Cross-check a search against the study's runs and samples (ValueError naming key, rule, value).
 
-    ``runs``: {name: RunConfig}; ``samples``: {name: SampleConfig}. Every end point of every
-    range is applied to the run and validated as the trial's run would be (RunConfig fields,
-    the model's hyperparameter rules), so a range the run cannot take is refused up front."""
+    ``runs``: {name: RunConfig}; ``samples``: {name: SampleConfig}; ``splits``: the study's
+    ``data.splits`` (see :func:`check_objectives`). Every end point of every range is applied to
+    the run and validated as the trial's run would be (RunConfig fields, the model's
+    hyperparameter rules), so a range the run cannot take is refused up front; so are objectives
+    the study cannot measure."""
     key = f"search.{name}"
     if search.run not in runs:
         raise ValueError(f"{key}.run: no run named {search.run!r}; runs: {', '.join(runs) or 'none'}")
@@ -348,3 +352,58 @@ def check_search(name: str, search: SearchConfig, runs: Mapping[str, Any], sampl
             )
         if not samples[obj.signal].is_signal:
             raise ValueError(f"{key}.objectives.{i}.signal: sample {obj.signal!r} is background, not a signal")
+    check_objectives(name, search, runs, samples, splits)
+
+
+def _test_jets(sample: Any, splits: Any) -> int | None:
+    """Jets of ``sample`` in the test split (the loader's rounding); None if its split is unknown
+    (no ``splits`` of its own, and the study's ``data.splits`` not given)."""
+    own = sample.splits if sample.splits is not None else splits
+    if own is None:
+        return None
+    n = sample.n_jets
+    return n - int(round(own.train * n)) - int(round(own.val * n))
+
+
+def check_objectives(name: str, search: SearchConfig, runs: Mapping[str, Any], samples: Mapping[str, Any],
+                     splits: Any = None) -> None:
+    """Objectives other than ``val_loss`` are measured by evaluating each trial on the test split,
+    against the study's signal samples (a tagger: its own): refuse, before any trial trains, one
+    the study cannot measure. ``splits``: the study's ``data.splits`` (SplitConfig); without it
+    only samples with splits of their own are checked for test jets."""
+    key = f"search.{name}"
+    measured = [o for o in search.objectives if o.metric != "val_loss"]
+    if not measured:
+        return
+    labels = ", ".join(o.label for o in measured)
+    if not any(s.is_signal for s in samples.values()):
+        raise ValueError(
+            f"{key}.objectives: {labels} are measured by evaluating each trial against a signal sample, and the "
+            "study has none: add a signal sample, or use objectives: [val_loss]"
+        )
+    run = runs[search.run]
+    background = [s for s in run.samples if not samples[s].is_signal]
+    n_bkg = _test_jets(samples[background[0]], splits) if background else None
+    if n_bkg == 0:
+        raise ValueError(
+            f"{key}.objectives: {labels} are measured on the test split, and run {search.run!r}'s background sample "
+            f"{background[0]!r} has no jets there: give it a test share (samples.{background[0]}.splits or data.splits)"
+        )
+    from jetscan.core.models import available_models
+
+    tagger = run.model in available_models("tagger")  # imports no torch
+    for i, obj in enumerate(search.objectives):
+        if obj.signal is None:
+            continue
+        where = f"{key}.objectives.{i}.signal"
+        if tagger and obj.signal not in run.samples:
+            raise ValueError(
+                f"{where}: run {search.run!r} is a tagger, evaluated only against its own signal samples "
+                f"({', '.join(s for s in run.samples if samples[s].is_signal) or 'none'}): pick one of them, or add "
+                f"{obj.signal!r} to train.runs.{search.run}.samples"
+            )
+        if _test_jets(samples[obj.signal], splits) == 0:
+            raise ValueError(
+                f"{where}: sample {obj.signal!r} has no jets in the test split, so {obj.label} cannot be measured: "
+                f"give it a test share (samples.{obj.signal}.splits or data.splits) or more jets"
+            )

@@ -111,6 +111,41 @@ def test_a_journal_trial_goes_stale_after_five_heartbeats_unless_set():
     assert study({"run": "dense", "space": space, "stale_seconds": 3600}).search["s"].stale_after_seconds == 3600
 
 
+def _objective_error(samples: dict, objectives: list, run: dict | None = None, **study_keys) -> str:
+    data = {"name": "t", "store": "/tmp/x.zarr", "seed": 1, "samples": samples,
+            "train": {"runs": {"r": run or {"model": "dense_ae", "samples": ["qcd"], "epochs": 2}}},
+            "search": {"s": {"run": "r", "space": {"lr": {"float": [1e-3, 1e-2]}}, "objectives": objectives}},
+            **study_keys}
+    with pytest.raises(ConfigError) as info:
+        Study.from_dict(data)
+    return str(info.value)
+
+
+QCD = {"process": "qcd_dijet", "n_jets": 10}
+TOP = {"process": "top_hadronic", "n_jets": 10}
+NO_TEST = {"train": 0.5, "val": 0.5, "test": 0.0}
+
+
+def test_objectives_the_study_cannot_measure_are_one_clear_error_before_any_trial():
+    assert "search.s.objectives: jsd_50 are measured by evaluating each trial against a signal sample, and the " \
+           "study has none: add a signal sample, or use objectives: [val_loss]" in _objective_error({"qcd": QCD}, ["jsd_50"])
+    msg = _objective_error({"qcd": QCD, "top": {**TOP, "splits": NO_TEST}}, ["auc:top"])
+    assert "search.s.objectives.0.signal: sample 'top' has no jets in the test split, so auc[top] cannot be measured: " \
+           "give it a test share (samples.top.splits or data.splits)" in msg
+    msg = _objective_error({"qcd": {**QCD, "splits": NO_TEST}, "top": TOP}, ["val_loss", "jsd_95"])
+    assert "run 'r''s background sample 'qcd' has no jets there" in msg
+    tagger = {"model": "deeptop_minimal", "samples": ["qcd", "top"], "epochs": 1}
+    msg = _objective_error({"qcd": QCD, "top": TOP, "gluino": {"process": "gluino_rpv", "n_jets": 10}}, ["auc:gluino"], tagger)
+    assert "search.s.objectives.0.signal: run 'r' is a tagger, evaluated only against its own signal samples (top)" in msg
+
+
+def test_the_validation_loss_needs_no_signal_nor_test_jets():
+    data = {"name": "t", "store": "/tmp/x.zarr", "seed": 1, "samples": {"qcd": {**QCD, "splits": NO_TEST}},
+            "train": {"runs": {"r": {"model": "dense_ae", "samples": ["qcd"], "epochs": 2}}},
+            "search": {"s": {"run": "r", "space": {"lr": {"float": [1e-3, 1e-2]}}}}}
+    assert Study.from_dict(data).search["s"].objectives[0].metric == "val_loss"
+
+
 def test_grid_values():
     s = study({"run": "dense", "space": {"lr": {"float": [0.1, 0.3], "step": 0.1}}}).search["s"]
     np.testing.assert_allclose(grid_values(s.space["lr"]), [0.1, 0.2, 0.3])
