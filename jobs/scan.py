@@ -414,9 +414,12 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
     ``threads``: torch threads per task (default: this machine's cores / ``workers`` on a local
     cluster, else 1). ``worker_timeout_s``: how long to wait for the first worker of an existing
     scheduler or of Slurm jobs (default :data:`jetscan.cluster.dask.WORKER_TIMEOUT_S`)."""
-    from jetscan.cluster.dask import WORKER_TIMEOUT_S, Task, open_client, run_graph
+    from jetscan.cluster.dask import WORKER_TIMEOUT_S, Task, check_client_options, open_client, run_graph
     from jetscan.storage import blobs
 
+    worker_timeout_s = WORKER_TIMEOUT_S if worker_timeout_s is None else worker_timeout_s
+    # before any work: planning and generating the variant samples can take long
+    check_client_options(workers=workers, scheduler=scheduler, cluster=cluster, worker_timeout_s=worker_timeout_s)
     echo = echo or (lambda *_: None)
     blobs.use_storage_options(study.store, study.storage_options)
     if threads is None:
@@ -445,7 +448,7 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
     tasks = [Task(t.key, t.fn, t.args, t.kwargs, tuple(d for d in t.deps if d in {x.key for x in tasks})) for t in tasks]
     t0 = time.perf_counter()
     with open_client(workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm,
-                     worker_timeout_s=WORKER_TIMEOUT_S if worker_timeout_s is None else worker_timeout_s) as client:
+                     worker_timeout_s=worker_timeout_s) as client:
         if tasks:  # every worker imports the training stack at once (~5 s each), before the first task
             client.run(_warm_worker)
         echo(f"scan {name}: {len(plan['cells'])} cells ({len(done)} done before), {len(tasks)} tasks to run "
