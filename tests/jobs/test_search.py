@@ -104,12 +104,27 @@ def test_a_small_search_writes_every_trial_to_parquet_with_its_parameters(study,
 
 
 def test_a_pruned_single_objective_search_over_the_learning_rate(study):
+    from jetscan.jobs.search import create_search
+
+    # two good learning rates first (the median pruner's two start-up trials), then a hopeless one
+    ostudy = create_search(study, "lr", open_storage(default_storage(study, "lr"), study.search["lr"]))
+    for lr in (1e-2, 5e-3, 1e-4):
+        ostudy.enqueue_trial({"lr": lr})
     summary = search(study, "lr")
     c = summary["counts"]
-    assert c["COMPLETE"] + c["PRUNED"] == 3 and c["COMPLETE"] >= 2
-    for t in trials_of(study, "lr"):
+    assert c["COMPLETE"] == 2 and c["PRUNED"] == 1, c
+    trials = trials_of(study, "lr")
+    for t in trials:
         if t.state.name == "COMPLETE":
             assert sorted(t.intermediate_values) == [0, 1]  # the pruner saw every epoch's val loss
+    pruned = next(t for t in trials if t.state.name == "PRUNED")
+    assert pruned.params["lr"] == pytest.approx(1e-4)
+    assert sorted(pruned.intermediate_values) == [0]  # stopped after its first epoch
+    median = sorted(t.intermediate_values[0] for t in trials if t.state.name == "COMPLETE")
+    assert pruned.intermediate_values[0] > sum(median) / 2  # worse than the median: why it was pruned
+    # a pruned trial is not evaluated: its run has no results
+    runs = {r["run"] for r in read_results(study.store).to_pylist() if r.get("search") == "lr"}
+    assert pruned.user_attrs["run"] not in runs and len(runs) == 2
 
 
 def test_a_crashing_trial_fails_with_its_error_and_the_search_goes_on(study):
@@ -124,6 +139,12 @@ def test_a_crashing_trial_fails_with_its_error_and_the_search_goes_on(study):
 
 
 def test_two_workers_share_one_journal_and_never_run_a_grid_point_twice(study):
+    from jetscan.jobs.search import create_search
+
+    # the same point queued twice: the two workers take both at once, and one must not run it
+    ostudy = create_search(study, "grid2", open_storage(default_storage(study, "grid2"), study.search["grid2"]))
+    for _ in range(2):
+        ostudy.enqueue_trial({"hyper.bottleneck": 3})
     summary = search(study, "grid2", workers=2)
     trials = trials_of(study, "grid2")
     done = [t for t in trials if t.state.name == "COMPLETE"]
@@ -131,8 +152,15 @@ def test_two_workers_share_one_journal_and_never_run_a_grid_point_twice(study):
     workers = {t.user_attrs["worker"] for t in done}
     assert len(workers) == 2 and str(os.getpid()) not in " ".join(workers)  # two worker processes did them
     assert summary["counts"]["COMPLETE"] == 6
-    runs = [r["run"] for r in read_results(study.store).to_pylist() if r.get("search") == "grid2" and r["signal"] == "top"]
-    assert len(runs) == len(set(runs)) == 6
+    # every trial that ran (whatever its end) ran its own point; the others were skipped as duplicates
+    ran = [t for t in trials if "skipped" not in t.user_attrs]
+    assert sorted(t.params["hyper.bottleneck"] for t in ran) == [1, 2, 3, 4, 5, 6], [(t.number, t.params, t.state.name) for t in ran]
+    second = [t for t in trials if t.system_attrs.get("fixed_params") == {"hyper.bottleneck": 3}][1]
+    assert second.user_attrs["skipped"].startswith("duplicate of trial ")
+    # each run's results were written by the one trial that ran it
+    trial_of = {t.user_attrs["run"]: t.number for t in done}
+    rows = [r for r in read_results(study.store).to_pylist() if r.get("search") == "grid2"]
+    assert {r["run"]: r["trial"] for r in rows} == trial_of
 
 
 def test_a_multi_objective_lambda_search_gives_a_pareto_front(study, tmp_path):
