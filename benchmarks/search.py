@@ -151,7 +151,7 @@ def main() -> None:
             bare_s = bare(s, "base")
             search_s, summary = timed_search(s, cores)
         assert summary["counts"]["COMPLETE"] == 1, summary["counts"]
-        assert Path(s.store, "_results", trial_run_name("one", {"hyper.bottleneck": 6}) + ".parquet").exists()
+        assert Path(s.store, "_results", trial_run_name(s, "one", {"hyper.bottleneck": 6}) + ".parquet").exists()
         harness = (search_s - summary["work_s"]) / search_s
         pairs.append({"bare_s": bare_s, "search_s": search_s, "overhead": (search_s - bare_s) / search_s,
                       "work_s": summary["work_s"], "harness_within_call": harness})

@@ -498,7 +498,7 @@ class Study(_Frozen):
         for name, search in self.search.items():
             if not re.match(_NAME_RE, name):
                 raise ValueError(f"search name {name!r} must start with a letter (letters, digits, '_', '-')")
-            check_search(name, search, self.train.runs, self.samples)
+            check_search(name, search, self.train.runs, self.samples, self.data.splits)
         return self
 
     @model_validator(mode="after")
