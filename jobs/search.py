@@ -66,7 +66,7 @@ from typing import Any, Optional
 
 from jetscan.core.errors import ConfigError, RunnerError, StorageError
 from jetscan.core.knee import knee_point
-from jetscan.core.search_space import SIGNAL_METRICS, SearchConfig, apply_params, check_objectives
+from jetscan.core.search_space import SIGNAL_METRICS, SearchConfig, apply_params
 from jetscan.core.study import Study, settings_hash
 
 __all__ = [
@@ -100,17 +100,6 @@ def search_config(study: Study, name: str) -> SearchConfig:
             f"search: no search named {name!r} in study {study.name!r}; searches: {', '.join(study.search) or 'none'} "
             "(add one under search: in the study file)"
         ) from None
-
-
-def check_measurable(study: Study, name: str) -> SearchConfig:
-    """The search's objectives checked against the study's splits too (the study's own validation
-    checks samples with splits of their own), before any trial: one ConfigError."""
-    cfg = search_config(study, name)
-    try:
-        check_objectives(name, cfg, study.train.runs, study.samples, study.data.splits)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return cfg
 
 
 def default_storage(study: Study, name: str) -> str:
@@ -425,7 +414,7 @@ def worker(
     failure budget is spent); returns the study's trial counts. Any launcher can start it."""
     import optuna
 
-    cfg = check_measurable(study, name)
+    cfg = search_config(study, name)  # objectives checked as the study loaded (Study._searches, with data.splits)
     if threads:
         import torch
 
@@ -628,7 +617,7 @@ def search(
     runs in this process unless ``spawn`` (then it is a process, like N workers)."""
     import optuna
 
-    cfg = check_measurable(study, name)
+    cfg = search_config(study, name)  # objectives checked as the study loaded (Study._searches, with data.splits)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {workers})")
     if trials is not None and trials < 1:
