@@ -97,11 +97,14 @@ def test_submit_to_nothing_fails_fast_and_clearly():
 # ------------------------------------------------------------------ a real local cluster
 
 
-def _start_node(ray_cli, env, temp, log, args):
-    proc = subprocess.Popen(
+def _spawn_node(ray_cli, env, log, args):
+    return subprocess.Popen(
         [ray_cli, "start", "--block", "--num-gpus", "0", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", *args],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
+
+
+def _await_node(proc, log):
     deadline = time.monotonic() + 120
     while "Ray runtime started" not in Path(log).read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -146,13 +149,15 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
         head = f"127.0.0.1:{p[0]}"
         agents = lambda i: ["--dashboard-agent-listen-port", str(p[4 + 3 * i]), "--dashboard-agent-grpc-port",
                             str(p[5 + 3 * i]), "--runtime-env-agent-port", str(p[6 + 3 * i])]  # noqa: E731
-        nodes.append(_start_node(ray_cli, env, temp, f"{temp}/head.log", [
+        nodes.append(_spawn_node(ray_cli, env, f"{temp}/head.log", [
             "--head", "--port", str(p[0]), "--num-cpus", "0", "--temp-dir", temp, "--include-dashboard", "true",
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(p[1]), "--ray-client-server-port", str(p[2]),
             *agents(0)]))
-        for i in (1, 2):  # scale out: two 1-CPU worker nodes
-            nodes.append(_start_node(ray_cli, env, temp, f"{temp}/worker{i}.log", [
-                "--address", head, "--num-cpus", "1", *agents(i)]))
+        _await_node(nodes[0], f"{temp}/head.log")
+        for i in (1, 2):  # scale out: two 1-CPU worker nodes, started together
+            nodes.append(_spawn_node(ray_cli, env, f"{temp}/worker{i}.log", ["--address", head, "--num-cpus", "1", *agents(i)]))
+        for i in (1, 2):
+            _await_node(nodes[i], f"{temp}/worker{i}.log")
 
         store = "s3://cluster-test/tiny.zarr"
         study = make_study(
@@ -211,11 +216,12 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
         for proc in reversed(nodes):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in nodes:
+        for proc in nodes:  # a node drains for up to 30 s on SIGTERM: the test is over, so 5 s will do
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
         moto.kill()
         moto.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)

@@ -330,11 +330,23 @@ def _submit(cluster, study_yaml: Path, *args, site=SITE_LOCAL) -> list[str]:
     return ids
 
 
+def _committed(store: str) -> dict:
+    from jetscan.storage import catalog
+
+    try:
+        return {(r["sample"], r["shard"]): r["created_utc"] for r in catalog.read_catalog(store).to_pylist()}
+    except Exception:  # noqa: BLE001 - no store yet
+        return {}
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.pythia
 @pytest.mark.ray
-def test_submit_all_ends_with_the_store_of_jetscan_run(slurm_cluster, reference, tmp_path):
+def test_submit_all_survives_a_preempted_generation_and_ends_with_the_store_of_jetscan_run(slurm_cluster, reference, tmp_path):
+    """The whole chain under Slurm, with the generation job stopped mid-shard (USR2, as
+    --signal=B:USR2 sends before a time limit): it requeues, makes only the missing shards, and
+    the chain ends with the store that ``jetscan run`` makes on this machine."""
     from jetscan.storage import catalog
     from jetscan.storage.results import read_results
 
@@ -348,16 +360,30 @@ def test_submit_all_ends_with_the_store_of_jetscan_run(slurm_cluster, reference,
         info = slurm_cluster.run(["scontrol", "-o", "show", "job", job]).stdout
         assert f"Dependency=afterok:{before}" in info or fields[0]["state"] != "PENDING", info
 
+    # stop the generation job once its first shard is committed
+    deadline = time.monotonic() + 400
+    while not (before := _committed(sub.store)):
+        assert time.monotonic() < deadline, f"no shard committed: {_tasks(slurm_cluster, ids[0])}"
+        time.sleep(0.2)
+    assert len(before) < 3, "every shard was made before the signal: make the study bigger"
+    r = slurm_cluster.run(["scancel", "--signal=USR2", "--batch", ids[0]])
+    assert r.returncode == 0, r.stderr
+
     ref = reference.wait()
     states = _wait_all(slurm_cluster, ids, logs)
+    assert states[ids[0]][0]["restarts"] == 1, states
+    gen_log = next(logs.glob("jetscan-tiny-generate-*.out")).read_text()
+    assert "restart 0" in gen_log and "restart 1" in gen_log and "stopping and requeueing" in gen_log, gen_log
+    assert "with 1 of 1 node(s)" in gen_log, gen_log
+    after = _committed(sub.store)
+    assert len(after) == 3 and all(after[k] == v for k, v in before.items())  # only the missing shards were made
     # the training array: two tasks, one per run, both completed
     assert {t["job_id"] for t in states[ids[2]]} == {f"{ids[2]}_0", f"{ids[2]}_1"}
-    gen_log = next(logs.glob("jetscan-tiny-generate-*.out")).read_text()
-    assert "restart 0" in gen_log and "with 1 of 1 node(s)" in gen_log, gen_log
 
     for table in ("jets", "inputs/heimel40"):
         _same_catalog(catalog.read_catalog(sub.store, table=table), catalog.read_catalog(ref.store, table=table))
-    _same_arrays(sub.store, ref.store, ["qcd/jets", "qcd/constituents", "top/jets", "qcd/inputs", "top/inputs"])
+    _same_arrays(sub.store, ref.store, ["qcd/jets", "qcd/constituents", "qcd/truth", "top/jets", "top/constituents",
+                                        "qcd/inputs", "top/inputs"])
     a, b = read_results(sub.store), read_results(ref.store)
     assert a.num_rows == b.num_rows == 2  # (pca, dense) x top
     import pandas as pd
@@ -438,38 +464,3 @@ def test_a_preempted_training_job_requeues_and_reaches_the_uninterrupted_weights
     assert c2["summary"]["world_size"] == 2 and c2["summary"]["epochs_run"] == c1["summary"]["epochs_run"] == 12
     torch.testing.assert_close(m2.state_dict(), m1.state_dict(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(c2["history"]["val_loss"], c1["history"]["val_loss"], rtol=1e-4)
-
-
-@pytest.mark.slow
-@pytest.mark.slurm
-@pytest.mark.pythia
-@pytest.mark.ray
-def test_a_generation_job_stopped_mid_shard_requeues_and_makes_the_same_arrays(slurm_cluster, reference, tmp_path):
-    from jetscan.storage import catalog
-
-    study, path = _write_study(tmp_path / "gen")
-    (job,) = _submit(slurm_cluster, path, "--stage", "generate")
-    deadline = time.monotonic() + 400
-    done = set()
-    while len(done) < 1:
-        assert time.monotonic() < deadline, f"no shard committed: {_tasks(slurm_cluster, job)}"
-        time.sleep(0.2)
-        try:
-            done = {(r["sample"], r["shard"]) for r in catalog.read_catalog(study.store).to_pylist()}
-        except Exception:  # noqa: BLE001 - no store yet
-            done = set()
-    assert len(done) < 3, "every shard was made before the signal: make the study bigger"
-    before = {(r["sample"], r["shard"]): r["created_utc"] for r in catalog.read_catalog(study.store).to_pylist()}
-    r = slurm_cluster.run(["scancel", "--signal=USR2", "--batch", job])
-    assert r.returncode == 0, r.stderr
-    logs = tmp_path / "gen" / "slurm-logs"
-    states = _wait_all(slurm_cluster, [job], logs)
-    assert states[job][0]["restarts"] == 1, states
-    log = next(logs.glob("jetscan-tiny-generate-*.out")).read_text()
-    assert "restart 0" in log and "restart 1" in log and "stopping and requeueing" in log, log
-
-    after = {(r["sample"], r["shard"]): r["created_utc"] for r in catalog.read_catalog(study.store).to_pylist()}
-    assert len(after) == 3 and all(after[k] == v for k, v in before.items())  # only the missing shards were made
-    ref = reference.wait()
-    _same_catalog(catalog.read_catalog(study.store), catalog.read_catalog(ref.store))
-    _same_arrays(study.store, ref.store, ["qcd/jets", "qcd/constituents", "qcd/truth", "top/jets", "top/constituents"])
