@@ -105,6 +105,24 @@ def _versions() -> dict[str, str]:
     }
 
 
+def slha_file(process: str, text: str) -> str:
+    """The SLHA spectrum ``text`` as a file Pythia can read at every (re-)initialisation.
+
+    One file per process and content, shared by every worker of this machine and user and
+    written atomically, so repeated generations (and killed Ray actors, which never run
+    finalisers) leave one small file behind, not a directory per worker."""
+    import hashlib
+
+    folder = Path(tempfile.gettempdir()) / f"jetscan-slha-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{process}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.slha"
+    if not path.exists() or path.read_text() != text:
+        part = path.with_suffix(f".{os.getpid()}.part")
+        part.write_text(text)
+        os.replace(part, path)
+    return str(path)
+
+
 class ShardMaker:
     """Makes and commits shards; one per worker (it owns that worker's Pythia instance)."""
 
@@ -115,7 +133,6 @@ class ShardMaker:
         self.study = study
         blobs.use_storage_options(study.store, study.storage_options)  # this worker's process too
         self._charges: dict[int, float] = {}
-        self._tmp = tempfile.TemporaryDirectory(prefix="jetscan-slha-")
         self._instances: dict[str, object] = {}
         self.pythia = None
 
@@ -133,8 +150,7 @@ class ShardMaker:
             slha = PROCESSES[cfg.process].slha
             slha_path = None
             if slha:
-                slha_path = os.path.join(self._tmp.name, f"{cfg.process}.slha")
-                Path(slha_path).write_text(slha)
+                slha_path = slha_file(cfg.process, slha)
             pythia = self._pythia8mc.Pythia("", False)
             for line in sample_pythia_settings(self.study, sample, seed, slha_path):
                 if not pythia.readString(line):

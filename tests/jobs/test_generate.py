@@ -306,3 +306,24 @@ def test_a_reused_pythia_instance_makes_the_same_shard_as_a_fresh_one(tiny_study
     reused, _ = maker.make_arrays(spec)
     for key in fresh:
         np.testing.assert_array_equal(fresh[key], reused[key], err_msg=key)
+
+
+@pytest.mark.pythia
+def test_workers_share_one_slha_file_and_leave_no_directory_each(make_study, tmp_path, monkeypatch):
+    """Each worker used to make its own temporary SLHA directory, which a killed Ray actor
+    never removed (205 of them piled up in /tmp over a few generations)."""
+    import tempfile
+
+    from jetscan.jobs.generate import ShardMaker
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    study = make_study(tmp_path / "s.zarr", samples={"gluino": {"process": "gluino_rpv", "n_jets": 10}})
+    makers = [ShardMaker(study) for _ in range(2)]  # two live workers (a killed actor never cleans up)
+    for seed, maker in enumerate(makers):
+        maker._pythia_for("gluino", seed + 1)
+    (folder,) = scratch.iterdir()
+    (slha,) = folder.iterdir()
+    assert folder.name == f"jetscan-slha-{os.getuid()}" and slha.suffix == ".slha"
+    assert "1000021" in slha.read_text()  # the gluino's mass block entry
