@@ -64,6 +64,16 @@ _CNN = [f"cnn_ae_{i}" for i in range(1, 6)]
 _MS_ROW = ("Macaluso-Shih CNN, CMS sample: + colour (the full recipe)", "tagger", "top")
 
 #: preset name -> reference rows
+
+# The 10 GeV row differs; the dark mesons' decays are not the reason (checked 2026-12-03, the
+# trained image AE of the full-size table scoring a second signal sample):
+_DARK_DECAYS = (
+    "; the dark mesons decay to d dbar here (core/processes.py: Pythia 8.3 lists their channels but "
+    "switches them all off). The decays are not why this row differs: 4k jets generated with Pythia's "
+    "listed branching ratios switched on instead (pseudoscalar 87 % b bbar, 8 % c cbar, 5 % tau tau; "
+    "vector 55 % quarks, 45 % charged leptons) score AUC 0.885 with the same trained image AE (0.873 here)"
+)
+
 REFERENCE: dict[str, list[dict[str, Any]]] = {
     "heimel-top": [
         _row("image-ae", "image AE vs tops: AUC about 0.89 on a plateau for bottleneck 20-34", ["image_ae_b20"], "top",
@@ -136,8 +146,8 @@ REFERENCE: dict[str, list[dict[str, Any]]] = {
     "heimel-dark": [
         *[
             _row("dark", "dark showers: AE AUC 0.78-0.79", ["image_ae"], sig, "auc", 0.785, "800k / 260k / 280k", "heimel",
-                 f"seed-physics.md gives one range for the dark showers; m_piv = {mass} GeV", range_=(0.78, 0.79))
-            for sig, mass in (("dark", 10), ("dark100", 100))
+                 f"seed-physics.md gives one range for the dark showers; m_piv = {mass} GeV" + extra, range_=(0.78, 0.79))
+            for sig, mass, extra in (("dark", 10, _DARK_DECAYS), ("dark100", 100, ""))
         ],
         *[
             _row("dark", "dark showers: adversarial with 50 mass bins, lambda 1e-2, AUC about 0.6", ["adv_ae_l1e2"], sig,
