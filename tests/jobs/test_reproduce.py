@@ -84,7 +84,7 @@ def test_reference_values_are_transcribed_from_seed_physics():
 SMOKE = {
     "heimel-top": (2.5e-4, None),  # every run: image and LoLa AEs, adversary, 3 % contamination
     # repeats averaged; gluinos; the bump-hunt run (its own 1e-3 gluino contamination)
-    "farina": (2.5e-4, ["pca", *[f"dense_ae_{i}" for i in range(1, 6)], "cnn_ae_bump"]),
+    "farina": (2.5e-4, ["pca", *[f"dense_ae_{i}" for i in range(1, 6)], "dense_ae_bump"]),
     "heimel-scalar": (3.7e-4, None),
     "heimel-dark": (3.7e-4, None),  # the adversary's 50 mass bins shrink with the sample
     "macaluso-shih": (2.5e-5, None),
@@ -258,12 +258,12 @@ def test_bump_hunt_rows_notes_and_plot_from_stored_scores(tmp_path):
                    "label": np.ones(n_glu)},
         "top": {"mass": rng.normal(175.0, 20.0, 50), "score": rng.exponential(1.0, 50), "label": np.ones(50)},
     }
-    evaluation = {"run": "cnn_ae_bump", "study": "farina", "config": {"n_train_jets": 99_000}, "kind": "autoencoder",
+    evaluation = {"run": "dense_ae_bump", "study": "farina", "config": {"n_train_jets": 99_000}, "kind": "autoencoder",
                   "background": "qcd", "samples": samples, "signals": ["top", "gluino"]}
     rows = results.summarise(evaluation)
     results.write_run(study.store, evaluation, rows)
 
-    hunt = _bump_hunt(study, "cnn_ae_bump", "gluino")
+    hunt = _bump_hunt(study, "dense_ae_bump", "gluino")
     assert hunt["n_background"] == n_qcd and hunt["n_signal"] == 100  # 1e-3 / (1 - 1e-3) of 100k
     res = hunt["result"]
     assert res["before"]["s_over_b"] < 0.5 < res["after"]["s_over_b"]
@@ -276,14 +276,14 @@ def test_bump_hunt_rows_notes_and_plot_from_stored_scores(tmp_path):
     ours = _with_bump_hunt(rows, "gluino", hunt)
     top_row = [r for r in ours if r["signal"] == "top"][0]
     assert "s_over_b_after" not in top_row  # only the hunted signal's row
-    compared = [compare(ref, {"cnn_ae_bump": ours}) for ref in REFERENCE["farina"] if ref["metric"] in BUMP_METRICS]
+    compared = [compare(ref, {"dense_ae_bump": ours}) for ref in REFERENCE["farina"] if ref["metric"] in BUMP_METRICS]
     assert [c["value"] for c in compared] == [0.04, 0.25]
     for c, key in zip(compared, ("before", "after")):
         assert c["ours"] == res[key]["s_over_b"] and c["band"] == res[key]["s_over_b_err"]
         assert c["verdict"] in ("agrees", "differs") and c["our_size"] == "test 100 gluino + 100000 bkg; train 99000"
     out = tmp_path / "results"
     out.mkdir()
-    png = _plot_bump_hunt("farina", "cnn_ae_bump", "gluino", hunt, out)
+    png = _plot_bump_hunt("farina", "dense_ae_bump", "gluino", hunt, out)
     assert png.stat().st_size > 5000
     table, pngs = write_table(study, "farina", [{**c, "note": hunt["note"]} for c in compared], out, extra_pngs=[png])
     text = table.read_text()
@@ -292,25 +292,25 @@ def test_bump_hunt_rows_notes_and_plot_from_stored_scores(tmp_path):
 
 
 def test_the_bump_hunt_run_carries_its_own_contamination():
-    """farina's cnn_ae_bump trains with 1e-3 gluinos although data.contamination is Fig. 8's 10 % tops:
+    """farina's dense_ae_bump trains with 1e-3 gluinos although data.contamination is Fig. 8's 10 % tops:
     the run's own contamination replaces data.contamination for that run only (loader, hash, results)."""
     from jetscan.jobs.train import run_settings
     from jetscan.core.study import settings_hash
 
     study = Study.from_yaml(PRESETS_DIR / "farina.yaml")
-    bump = study.for_run("cnn_ae_bump")
+    bump = study.for_run("dense_ae_bump")
     assert (bump.data.contamination.signal, bump.data.contamination.fraction) == ("gluino", 0.001)
     assert study.for_run("cnn_ae_c10") is study and study.data.contamination.signal == "top"
-    assert run_settings(study, "cnn_ae_bump")["data"]["contamination"] == {"signal": "gluino", "fraction": 0.001}
+    assert run_settings(study, "dense_ae_bump")["data"]["contamination"] == {"signal": "gluino", "fraction": 0.001}
     # a run without its own contamination dumps and hashes as before the option existed
     assert "contamination" not in study.run("cnn_ae_1").model_dump(mode="json")
     data = study.model_dump(mode="json")
-    del data["train"]["runs"]["cnn_ae_bump"]
+    del data["train"]["runs"]["dense_ae_bump"]
     assert settings_hash(run_settings(Study.from_dict(data), "cnn_ae_c10")) == settings_hash(run_settings(study, "cnn_ae_c10"))
     for bad, msg in (({"contaminated": False}, "set contaminated: true as well"),
                      ({"contamination": {"signal": "nope", "fraction": 0.001}}, "must be a sample of the study")):
         d = study.model_dump(mode="json")
-        d["train"]["runs"]["cnn_ae_bump"].update(bad)
+        d["train"]["runs"]["dense_ae_bump"].update(bad)
         with pytest.raises(ConfigError, match=msg):
             Study.from_dict(d)
 
