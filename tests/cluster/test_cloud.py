@@ -154,9 +154,9 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(p[1]), "--ray-client-server-port", str(p[2]),
             *agents(0)]))
         _await_node(nodes[0], f"{temp}/head.log")
-        for i in (1, 2):  # scale out: two 1-CPU worker nodes, started together
+        for i in (1, 2):  # scale out: two 1-CPU worker nodes, one after the other (started together on
+            # 2 cores, a node can time out in Ray's own start-up)
             nodes.append(_spawn_node(ray_cli, env, f"{temp}/worker{i}.log", ["--address", head, "--num-cpus", "1", *agents(i)]))
-        for i in (1, 2):
             _await_node(nodes[i], f"{temp}/worker{i}.log")
 
         store = "s3://cluster-test/tiny.zarr"
