@@ -63,8 +63,6 @@ _DENSE = [f"dense_ae_{i}" for i in range(1, 6)]
 _CNN = [f"cnn_ae_{i}" for i in range(1, 6)]
 _MS_ROW = ("Macaluso-Shih CNN, CMS sample: + colour (the full recipe)", "tagger", "top")
 
-#: preset name -> reference rows
-
 # The 10 GeV row differs; the dark mesons' decays are not the reason (checked 2026-12-03, the
 # trained image AE of the full-size table scoring a second signal sample):
 _DARK_DECAYS = (
@@ -74,6 +72,7 @@ _DARK_DECAYS = (
     "vector 55 % quarks, 45 % charged leptons) score AUC 0.885 with the same trained image AE (0.873 here)"
 )
 
+#: preset name -> reference rows
 REFERENCE: dict[str, list[dict[str, Any]]] = {
     "heimel-top": [
         _row("image-ae", "image AE vs tops: AUC about 0.89 on a plateau for bottleneck 20-34", ["image_ae_b20"], "top",
