@@ -113,14 +113,12 @@ def slha_file(process: str, text: str) -> str:
     finalisers) leave one small file behind, not a directory per worker."""
     import hashlib
 
-    folder = Path(tempfile.gettempdir()) / f"jetscan-slha-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / f"{process}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.slha"
-    if not path.exists() or path.read_text() != text:
-        part = path.with_suffix(f".{os.getpid()}.part")
-        part.write_text(text)
-        os.replace(part, path)
-    return str(path)
+    folder = str(Path(tempfile.gettempdir()) / f"jetscan-slha-{os.getuid()}")
+    name = f"{process}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.slha"  # the name follows the content
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        blobs.write_atomic(folder, name, text.encode())
+    return path
 
 
 class ShardMaker:
