@@ -33,6 +33,7 @@ bytes in a zarr shard but never a catalog row, and readers go through the catalo
 
 from __future__ import annotations
 
+import asyncio
 import math
 import warnings
 from typing import Any
@@ -40,6 +41,8 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import Buffer
+from zarr.core.sync import sync
 
 from jetscan.core.errors import StorageError
 
@@ -112,8 +115,24 @@ def create_sample(
     max_constituents: int,
     attrs: dict[str, Any],
 ) -> zarr.Group:
-    """Create a sample group and all its (empty) arrays."""
+    """Create a sample group and all its (empty) arrays.
+
+    Arrays of these names stored before are replaced whole (their chunks removed). The
+    arrays' metadata is made in memory and written as one concurrent batch: on object stores
+    one listing of the sample and one PUT per ``zarr.json``, not zarr's existence checks and
+    listings for every array one after the other."""
     group = root.require_group(name)
+    objects = _sample_metadata(n_jets=n_jets, shard_jets=shard_jets, max_constituents=max_constituents)
+    sync(_replace_arrays(group.store, group.path, objects, [*JET_FIELDS, *CONSTITUENT_FIELDS]))
+    group.attrs.update(attrs)
+    return group
+
+
+def _sample_metadata(*, n_jets: int, shard_jets: int, max_constituents: int) -> dict[str, Buffer]:
+    """The ``zarr.json`` of every array of a sample and of the groups between, made in an
+    in-memory store: {key relative to the sample group: its bytes as a zarr Buffer}."""
+    objects: dict[str, Buffer] = {}
+    group = zarr.open_group(zarr.storage.MemoryStore(objects), mode="w", zarr_format=3)
     chunk = chunk_jets_for(shard_jets)
     for path, dtype in JET_FIELDS.items():
         group.create_array(
@@ -125,7 +144,6 @@ def create_sample(
             compressors=_compressors(),
             fill_value=0,
             dimension_names=["jet"],
-            overwrite=True,
         )
     for path, dtype in CONSTITUENT_FIELDS.items():
         group.create_array(
@@ -137,10 +155,23 @@ def create_sample(
             compressors=_compressors(),
             fill_value=-1 if path.endswith("kind") else 0,
             dimension_names=["jet", "constituent"],
-            overwrite=True,
         )
-    group.attrs.update(attrs)
-    return group
+    objects.pop("zarr.json")  # the sample group itself: require_group's, with its attrs
+    return objects
+
+
+async def _replace_arrays(store, prefix: str, objects: dict[str, Buffer], arrays: list[str]) -> None:
+    """Write ``objects`` below ``prefix`` of ``store``: each array in ``arrays`` replaced whole
+    (anything stored under its path before is removed first), a group's ``zarr.json`` written
+    only where none is stored (as zarr's ``create_array`` makes missing parent groups)."""
+    at = f"{prefix}/"
+    stored = {key[len(at) :] async for key in store.list_prefix(prefix) if key.startswith(at)}
+    old = [a for a in arrays if any(key.startswith(f"{a}/") for key in stored)]
+    await asyncio.gather(*[store.delete_dir(f"{at}{a}") for a in old])
+    array_keys = {f"{a}/zarr.json" for a in arrays}
+    await asyncio.gather(
+        *[store.set(f"{at}{key}", buf) for key, buf in objects.items() if key in array_keys or key not in stored]
+    )
 
 
 def create_inputs(
@@ -200,8 +231,23 @@ def write_rows(group: zarr.Group, start: int, arrays: dict[str, np.ndarray]) -> 
     if set(arrays) != expected:
         raise StorageError(f"shard arrays {sorted(arrays)} do not match the layout {sorted(expected)}")
     (n,) = lengths
-    for path, values in arrays.items():
-        group[path][start : start + n] = values
+    sync(_write_rows(group, slice(start, start + n), arrays))
+
+
+async def _write_rows(group: zarr.Group, rows: slice, arrays: dict[str, np.ndarray]) -> None:
+    """Every array's rows written concurrently (on object stores each array's metadata read and
+    shard write are round trips; one after the other they add up); the first error is raised
+    once all writes have ended."""
+
+    async def one(path: str, values: np.ndarray) -> None:
+        at = f"{group.path}/{path}"
+        arr = await zarr.api.asynchronous.open_array(store=group.store, path=at, mode="r+", zarr_format=3)
+        await arr.setitem(rows, values)
+
+    outcomes = await asyncio.gather(*[one(p, v) for p, v in arrays.items()], return_exceptions=True)
+    errors = [e for e in outcomes if isinstance(e, BaseException)]
+    if errors:
+        raise errors[0]
 
 
 def read_rows(group: zarr.Group, fields: list[str], start: int, stop: int) -> dict[str, np.ndarray]:

@@ -32,9 +32,11 @@ dict (see :func:`summarise`). Results live in the study's store beside the jets:
     <store>/_results/<run>.parquet        the run's summary rows (one per signal)
 
 The parquet file is the commit record, as in the shard catalog: :func:`write_run` checks the
-evaluation and computes every array in memory, then removes a run's old file, rewrites the
-zarr group, and writes the new file atomically (a
-temporary file renamed into place on local disks, one PUT on object stores). Readers
+evaluation and builds the run's whole zarr group in memory (every array encoded, metadata
+consolidated), then removes a run's old file, replaces the group's objects (the old folder
+removed, the new objects written in one batch: on object stores one request per object, sent
+concurrently, instead of zarr's checks and listings per array), and writes the new file
+atomically (a temporary file renamed into place on local disks, one PUT on object stores). Readers
 therefore list a run only once its arrays are complete, a re-evaluation replaces the run's
 rows rather than adding to them, and concurrent runs never write the same file.
 
@@ -400,7 +402,7 @@ def _mass_vs_score(score: np.ndarray, mass: np.ndarray, n_bins: int = N_SCORE_BI
     return {"edges": edges.astype(np.float64), "mean_score": mean_score, "mean_mass": mean_mass, "count": count}
 
 
-def _array(group: zarr.Group, path: str, data: np.ndarray, dtype: str) -> zarr.Array:
+def _array(group: zarr.Group, path: str, data: np.ndarray, dtype: str, attrs: dict | None = None) -> zarr.Array:
     data = np.ascontiguousarray(np.asarray(data, dtype=dtype))
     chunks = tuple(max(1, min(d, 1 << 18)) for d in data.shape) if data.ndim else None
     arr = group.create_array(
@@ -410,11 +412,47 @@ def _array(group: zarr.Group, path: str, data: np.ndarray, dtype: str) -> zarr.A
         chunks=chunks,
         compressors=[ZstdCodec(level=5), Crc32cCodec()],
         fill_value=0,
-        overwrite=True,
+        attributes=attrs or None,
     )
     if data.size:
         arr[...] = data
     return arr
+
+
+def _run_objects(arrays: list[tuple], attrs: dict) -> dict[str, bytes]:
+    """Every object of one run's zarr group, keys relative to ``results/<run>/``: the arrays'
+    metadata and chunks, and the group's ``zarr.json`` with the inline consolidated metadata
+    of everything below it. Built in memory, so storing the run costs one request per object."""
+    objects: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns that consolidated metadata is not in the v3 spec
+        memory = zarr.storage.MemoryStore(objects)
+        group = zarr.open_group(memory, mode="w", zarr_format=3, attributes=attrs)
+        for path, data, dtype, array_attrs in arrays:
+            _array(group, path, data, dtype, array_attrs)
+        # consolidated metadata of this run's group (zarr's inline form, in results/<run>/zarr.json):
+        # readers over HTTP or object storage walk the run without listing folders. Per run, not
+        # for results/ as a whole: concurrent writers (search trials) never race on one file, and
+        # a write costs the same however many runs the store holds (runs are listed by _results/).
+        zarr.consolidate_metadata(memory, zarr_format=3)
+    return {key: buf.to_bytes() for key, buf in objects.items()}
+
+
+def _replace_folder(fs, folder: str, objects: dict[str, bytes]) -> None:
+    """Remove everything below ``folder``, then write ``objects`` ({relative key: bytes}) there.
+
+    On object stores the removal is one listing and one bulk delete, and the writes go out as
+    one batch (s3fs and gcsfs send them concurrently)."""
+    forget_listings(fs, folder)
+    try:
+        fs.rm(folder, recursive=True)
+    except FileNotFoundError:
+        pass  # a new run
+    paths = {f"{folder}/{key}": data for key, data in objects.items()}
+    if isinstance(fs, LocalFileSystem):
+        for parent in sorted({p.rsplit("/", 1)[0] for p in paths}):
+            fs.makedirs(parent, exist_ok=True)
+    fs.pipe(paths)
 
 
 def _check_rows(run: str, rows: list[dict]) -> bytes:
@@ -544,8 +582,8 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
     A run stored before is replaced whole (re-evaluation), and only once the new evaluation
     and rows are checked and every array is computed: bad input raises a StorageError and
     leaves the stored run as it was. The layout is in the module docstring. Creates the
-    store's root group if the store does not exist yet. Ends by consolidating the metadata of
-    ``results/<run>/`` (so HTTP and object-store readers never list).
+    store's root group if the store does not exist yet. The metadata of ``results/<run>/`` is
+    consolidated in its ``zarr.json`` (so HTTP and object-store readers never list).
     """
     # 1. check and compute everything in memory: nothing stored is touched before this passes
     samples = _check_evaluation(evaluation)
@@ -555,7 +593,11 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
     history = _history_arrays(evaluation.get("history"))
     arrays = _run_arrays(samples, evaluation["background"], list(evaluation["signals"]), images, history)
     attrs = _run_attrs(evaluation, samples, rows, bool(history), bool(images))
+    objects = _run_objects(arrays, attrs)
     root = _open_root(store, "a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.require_group(RESULTS_GROUP)
 
     # 2. uncommit: readers stop listing the run while its arrays are rewritten
     fs, base = blobs.store_fs(store)
@@ -563,20 +605,8 @@ def write_run(store: str, evaluation: dict, rows: list[dict]) -> None:
     if fs.exists(parquet):
         fs.rm(parquet)
 
-    # 3. the arrays
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        group = root.require_group(RESULTS_GROUP).create_group(run, overwrite=True)
-        for path, data, dtype, array_attrs in arrays:
-            arr = _array(group, path, data, dtype)
-            if array_attrs:
-                arr.attrs.update(array_attrs)
-        group.attrs.update(attrs)
-        # consolidated metadata of this run's group (zarr's inline form, in results/<run>/zarr.json):
-        # readers over HTTP or object storage walk the run without listing folders. Per run, not
-        # for results/ as a whole: concurrent writers (search trials) never race on one file, and
-        # a write costs the same however many runs the store holds (runs are listed by _results/).
-        zarr.consolidate_metadata(str(store), path=f"{RESULTS_GROUP}/{run}", zarr_format=3)
+    # 3. the arrays: the old run group removed, the new one written as one batch
+    _replace_folder(fs, f"{base}/{RESULTS_GROUP}/{run}", objects)
 
     # 4. commit: the summary rows, atomically
     blobs.write_atomic(store, f"{RESULTS_DIR}/{run}.parquet", parquet_bytes)

@@ -158,3 +158,49 @@ def test_missing_driver_names_the_package():
             blobs.store_fs("gs://bucket/study.zarr")
     with pytest.raises(StorageError, match="not a storage protocol"):
         blobs.store_fs("nosuchproto://bucket/study.zarr")
+
+
+def test_create_sample_writes_its_arrays_in_one_batch_and_replaces_old_ones(s3, tmp_path, monkeypatch):
+    """layout.create_sample on S3 stores the objects a local disk gets, byte for byte; created
+    again over a sample with data it replaces the arrays whole (old chunks gone, inputs/ and the
+    group's other attrs kept); a new sample costs one PUT per zarr.json and a few other requests
+    (zarr's checks and listings per array made it ~255)."""
+    from jetscan.storage import layout
+    from tests.storage.test_results import _s3_requests
+
+    options = {"client_kwargs": {"endpoint_url": s3["endpoint"]}}
+    rng = np.random.default_rng(5)
+    rows = {p: rng.random(50).astype(dt) for p, dt in layout.JET_FIELDS.items()}
+    rows.update({p: (rng.random((50, 8)) * 3).astype(dt) for p, dt in layout.CONSTITUENT_FIELDS.items()})
+    sizes = {"shard_jets": 50, "max_constituents": 8}
+
+    def build(store, storage_options=None):
+        root = layout.open_root(store, mode="a", storage_options=storage_options)
+        group = layout.create_sample(root, "qcd", n_jets=100, attrs={"process": "qcd_dijet"}, **sizes)
+        layout.write_rows(group, 0, rows)
+        layout.create_inputs(group, "img", shape=(2, 2), shard_jets=50, attrs={})
+        group = layout.create_sample(root, "qcd", n_jets=150, attrs={"n_jets": 150}, **sizes)  # over the data
+        layout.write_rows(group, 100, rows)
+        return root
+
+    build(str(tmp_path / "local.zarr"))
+    root = build(f"s3://{BUCKET}/layout.zarr", options)
+    requests = _s3_requests(monkeypatch)
+    layout.create_sample(root, "top", n_jets=100, attrs={"process": "top_hadronic"}, **sizes)
+    monkeypatch.undo()
+
+    fs = s3["fs"]
+    fs.invalidate_cache()
+    prefix = f"{BUCKET}/layout.zarr/"
+    in_bucket = {k[len(prefix) :]: fs.cat_file(k) for k in fs.find(prefix)}
+    on_disk = {str(p.relative_to(tmp_path / "local.zarr")): p.read_bytes() for p in (tmp_path / "local.zarr").rglob("*") if p.is_file()}
+    top = {k for k in in_bucket if k.startswith("top/")}
+    assert sorted(set(in_bucket) - top) == sorted(on_disk)
+    assert [k for k in on_disk if in_bucket[k] != on_disk[k]] == []
+    assert "qcd/jets/pt/c/0" not in on_disk and "qcd/jets/pt/c/2" in on_disk and "qcd/inputs/img/zarr.json" in on_disk
+    assert dict(layout.open_sample(root, "qcd").attrs) == {"process": "qcd_dijet", "n_jets": 150}
+
+    assert len(top) == 1 + 3 + len(layout.JET_FIELDS) + len(layout.CONSTITUENT_FIELDS)  # groups and arrays, no chunks
+    assert requests.get("PutObject", 0) <= len(top) + 1  # the group's zarr.json twice: made, then its attrs
+    others = sum(requests.values()) - requests.get("PutObject", 0)
+    assert others <= 12, f"{others} requests besides the PUTs: {requests}"
