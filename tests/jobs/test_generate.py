@@ -39,7 +39,7 @@ def test_every_sample_is_complete(pythia_store):
     for name, cfg in pythia_store.samples.items():
         rows = cat.filter(np.array(cat.column("sample").to_pylist()) == name)
         assert sum(rows.column("n_jets").to_pylist()) == cfg.n_jets
-        assert set(rows.column("shard").to_pylist()) == set(range(len(layout.shard_ranges(cfg.n_jets, 100))))
+        assert set(rows.column("shard").to_pylist()) == set(range(len(layout.shard_ranges(cfg.n_jets, pythia_store.generation.shard_jets))))
         a = jets(pythia_store, name, "jets/pt", "jets/eta")
         assert ((a["jets/pt"] >= 800) & (a["jets/pt"] < 900)).all()
         assert (np.abs(a["jets/eta"]) < 1.0).all()
@@ -99,10 +99,10 @@ def test_arrays_are_sharded_compressed_and_checksummed(pythia_store):
     assert names == ["ShardingCodec"]
     inner = [type(c).__name__ for c in arr.metadata.codecs[0].codecs]
     assert inner[-2:] == ["ZstdCodec", "Crc32cCodec"]
-    assert arr.shards == (100, 120)
+    assert arr.shards == (pythia_store.generation.shard_jets, 120)
     # one file per array and shard, not one per chunk
     files = list(Path(pythia_store.store, "qcd", "constituents", "pt", "c").rglob("*"))
-    assert len([f for f in files if f.is_file()]) == 3
+    assert len([f for f in files if f.is_file()]) == 300 // pythia_store.generation.shard_jets
 
 
 # ----------------------------------------------------------------- determinism, resume
@@ -289,7 +289,7 @@ def test_cli_info_and_errors(pythia_store):
     ).stdout
     for name in ("qcd", "top", "gluino"):
         assert name in out
-    assert "3/3" in out and "2/2" in out
+    assert "6/6" in out and "4/4" in out and "2/2" in out  # committed/planned shards of 50 jets
     bad = subprocess.run([sys.executable, "-m", "jetscan.jobs.cli", "info", "/nonexistent/x.zarr"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "no jetscan store at '/nonexistent/x.zarr'" in bad.stderr

@@ -242,7 +242,7 @@ def test_batches_same_for_any_decode_workers_and_cache_and_equal_the_merge_rule(
                 _assert_same_batches(stream.iter_numpy(epoch=epoch), want)  # again, from its cache
                 mem = stream.memory()
                 assert mem["buffer_bytes"] == 0  # released at the end of the epoch
-                assert mem["queue_bytes"] <= 3 * 100 * stream.row_bytes  # at most the next epoch's first 3 chunks
+                assert mem["queue_bytes"] <= 3 * base.generation.shard_jets * stream.row_bytes  # at most the next epoch's first 3 chunks
 
 
 def test_lockstep_batches_same_for_any_decode_workers(study):
@@ -271,10 +271,10 @@ def test_decoded_bytes_held_stay_within_cache_mb_on_data_larger_than_it(study):
     assert seen == 2 * 600
     mem = stream.memory()
     assert mem["limit_bytes"] == limit and 0 < mem["working_set_bytes"] < limit
-    # the cache took what the working set leaves: whole chunks of 100 jets, at least one, within its budget
+    # the cache took what the working set leaves: whole chunks (one per shard), at least one, within its budget
     assert 0 < mem["cache_bytes"] <= mem["cache_budget_bytes"] == limit - mem["working_set_bytes"]
     assert mem["cache_bytes"] == sum(sum(v.nbytes for v in c.values()) for c in stream._cache.values())
-    assert mem["cache_chunks"] * 100 * stream.row_bytes == mem["cache_bytes"]
+    assert mem["cache_chunks"] * study.generation.shard_jets * stream.row_bytes == mem["cache_bytes"]
     assert mem["cache_bytes"] < mem["peak_bytes"] <= limit
     # a working set larger than cache_mb: no cache at all, and the stream holds just the working set
     tiny = JetStream(_with_data(small, cache_mb=1), ["qcd", "top", "gluino"], "ms37x4", batch_size=8)
