@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,11 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
     )
     nodes = []
     saved = {k: os.environ.get(k) for k in creds}
+    samples = {"qcd": {"process": "qcd_dijet", "n_jets": 120}, "top": {"process": "top_hadronic", "n_jets": 40}}
+    # what an undisturbed generation makes, made here (no Ray, local disk) while the nodes start
+    reference = make_study(tmp_path / "reference.zarr", samples=samples, shard_jets=20, seed=53)
+    making_reference = ThreadPoolExecutor(1)
+    reference_made = making_reference.submit(generate, reference, use_ray=False)
     try:
         os.environ.update(creds)  # this process reads the bucket with the same environment
         import s3fs
@@ -161,8 +167,7 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
 
         store = "s3://cluster-test/tiny.zarr"
         study = make_study(
-            store, samples={"qcd": {"process": "qcd_dijet", "n_jets": 120}, "top": {"process": "top_hadronic", "n_jets": 40}},
-            shard_jets=20, seed=53, preprocess={"representations": ["heimel40"]},
+            store, samples=samples, shard_jets=20, seed=53, preprocess={"representations": ["heimel40"]},
             train={"runs": {"pca": {"model": "pca", "samples": ["qcd"], "representation": "heimel40", "hyper": {"bottleneck": 4}}}, "threads": 1},
         )
         study_file = tmp_path / "study.yaml"
@@ -195,8 +200,7 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
         # the store in the bucket: complete, sound, and what an undisturbed generation makes
         assert integrity.verify(store).ok
         assert sum(catalog.read_catalog(store, "qcd").column("n_jets").to_pylist()) == 120
-        reference = make_study(tmp_path / "reference.zarr", samples=study.model_dump()["samples"], shard_jets=20, seed=53)
-        generate(reference, use_ray=False)
+        reference_made.result(timeout=300)
         fields = ["jets/pt", "jets/mass", "jets/tau3", "constituents/pt", "constituents/kind", "truth/label"]
         for sample in ("qcd", "top"):
             a, b = read_jets(store, sample, fields), read_jets(reference.store, sample, fields)
@@ -213,6 +217,7 @@ def test_study_submitted_to_a_multinode_cluster_survives_a_killed_node(tmp_path,
         keys = s3fs.S3FileSystem().find("cluster-test/tiny.zarr")
         assert not [k for k in keys if secret.encode() in s3fs.S3FileSystem().cat_file(k)]
     finally:
+        making_reference.shutdown(wait=True)
         for proc in reversed(nodes):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
