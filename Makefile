@@ -46,8 +46,25 @@ $(STAMP): pyproject.toml setup.py Makefile core/_fastsub.cpp cluster/build_horov
 demo: install
 	$(BIN)/jetscan run studies/quickstart.yaml
 
+# `make test` runs the Slurm tests in a second pytest beside the others: they spend much of their
+# time waiting on Slurm (a requeued job may start again only after its 30 s credential lifetime)
+# and on job start-up, so the two share the cores well. Their output follows the others'.
+# `make test PYTEST_ARGS=...` runs one pytest with those arguments.
+SLURM_TESTS := tests/cluster/test_submit.py tests/cluster/test_scan_slurm.py tests/cluster/test_slurm.py
+SLURM_LOG   := .pytest-slurm.log
+
 test: install
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@$(BIN)/python -m pytest -p no:cacheprovider --basetemp=/tmp/jetscan-pytest-slurm $(SLURM_TESTS) > $(SLURM_LOG) 2>&1 & slurm=$$!; \
+	trap 'kill $$slurm 2>/dev/null' INT TERM; \
+	$(BIN)/python -m pytest $(addprefix --ignore=,$(SLURM_TESTS)); rest=$$?; \
+	wait $$slurm; slurm_rc=$$?; \
+	echo "======== the Slurm tests (run beside the others above): $(SLURM_TESTS)"; cat $(SLURM_LOG); \
+	echo "make test: exit $$rest (the others), $$slurm_rc (the Slurm tests)"; \
+	[ $$rest -eq 0 ] && [ $$slurm_rc -eq 0 ]
+else
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+endif
 
 bench: install
 	$(BIN)/python benchmarks/generation.py
