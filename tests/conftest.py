@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 
@@ -52,6 +53,34 @@ def _forget_object_store_clients() -> None:
         for proto in list(applied):
             fsspec.config.conf.pop(proto, None)
             applied.pop(proto)
+
+
+@contextmanager
+def moto_bucket(bucket: str, *, endpoint_in_env: bool = False):
+    """A local S3 server (moto on 127.0.0.1, its own process) holding an empty ``bucket``, with
+    test credentials in the environment (and ``AWS_ENDPOINT_URL`` when ``endpoint_in_env``,
+    else none); yields ``(endpoint, options)``, ``options`` being s3fs's keyword arguments for
+    it. The server is stopped at the end."""
+    pytest.importorskip("moto")
+    s3fs = pytest.importorskip("s3fs")
+    from jetscan.storage.s3local import start_s3_server
+
+    proc, endpoint = start_s3_server()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            if endpoint_in_env:
+                mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            else:
+                mp.delenv("AWS_ENDPOINT_URL", raising=False)
+            options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+            s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(bucket)
+            yield endpoint, options
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -372,25 +372,15 @@ def test_bad_input_to_write_run_keeps_the_stored_run(tmp_path):
 @pytest.fixture(scope="module")
 def s3_store(tmp_path_factory):
     """An empty bucket on a local S3 server (moto), with the environment's credentials."""
-    pytest.importorskip("moto")
-    s3fs = pytest.importorskip("s3fs")
     from jetscan.storage import blobs
-    from jetscan.storage.s3local import start_s3_server
+    from tests.conftest import moto_bucket
 
-    proc, endpoint = start_s3_server()
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.delenv("AWS_ENDPOINT_URL", raising=False)
-            fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
-            fs.mkdir("jetscan-results")
-            blobs.use_storage_options("s3://jetscan-results/s.zarr", {"client_kwargs": {"endpoint_url": endpoint}})
-            yield {"fs": fs, "url": "s3://jetscan-results/s.zarr", "local": tmp_path_factory.mktemp("local") / "s.zarr"}
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+    with moto_bucket("jetscan-results") as (endpoint, _):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+        blobs.use_storage_options("s3://jetscan-results/s.zarr", {"client_kwargs": {"endpoint_url": endpoint}})
+        yield {"fs": fs, "url": "s3://jetscan-results/s.zarr", "local": tmp_path_factory.mktemp("local") / "s.zarr"}
 
 
 def _s3_requests(monkeypatch) -> dict:

@@ -19,25 +19,14 @@ BUCKET = "jetscan-listing"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    pytest.importorskip("moto")
-    s3fs = pytest.importorskip("s3fs")
-    from jetscan.storage.s3local import start_s3_server
+    from tests.conftest import moto_bucket
 
-    proc, endpoint = start_s3_server()
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
-            options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
-            # the other process's writes: a filesystem object of its own (no shared listing cache)
-            writer = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-            writer.mkdir(BUCKET)
-            yield {"options": options, "writer": writer, "local": tmp_path_factory.mktemp("local") / "s.zarr"}
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+    with moto_bucket(BUCKET, endpoint_in_env=True) as (_, options):
+        import s3fs
+
+        # the other process's writes: a filesystem object of its own (no shared listing cache)
+        writer = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+        yield {"options": options, "writer": writer, "local": tmp_path_factory.mktemp("local") / "s.zarr"}
 
 
 def _commit_elsewhere(s3, run: str) -> None:
