@@ -83,6 +83,21 @@ def moto_bucket(bucket: str, *, endpoint_in_env: bool = False):
         proc.wait(timeout=30)
 
 
+def s3_requests(monkeypatch) -> dict:
+    """{operation: count} of every S3 request this process makes from now on (any s3fs client)."""
+    from aiobotocore.client import AioBaseClient
+
+    counts: dict = {}
+    real = AioBaseClient._make_api_call
+
+    async def counted(self, operation_name, api_params):
+        counts[operation_name] = counts.get(operation_name, 0) + 1
+        return await real(self, operation_name, api_params)
+
+    monkeypatch.setattr(AioBaseClient, "_make_api_call", counted)
+    return counts
+
+
 @pytest.fixture(autouse=True, scope="module")
 def fresh_object_store_clients():
     """Every test module starts and ends without object-store clients of another module's."""

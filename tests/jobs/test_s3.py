@@ -166,7 +166,7 @@ def test_create_sample_writes_its_arrays_in_one_batch_and_replaces_old_ones(s3, 
     group's other attrs kept); a new sample costs one PUT per zarr.json and a few other requests
     (zarr's checks and listings per array made it ~255)."""
     from jetscan.storage import layout
-    from tests.storage.test_results import _s3_requests
+    from tests.conftest import s3_requests
 
     options = {"client_kwargs": {"endpoint_url": s3["endpoint"]}}
     rng = np.random.default_rng(5)
@@ -185,7 +185,7 @@ def test_create_sample_writes_its_arrays_in_one_batch_and_replaces_old_ones(s3, 
 
     build(str(tmp_path / "local.zarr"))
     root = build(f"s3://{BUCKET}/layout.zarr", options)
-    requests = _s3_requests(monkeypatch)
+    requests = s3_requests(monkeypatch)
     layout.create_sample(root, "top", n_jets=100, attrs={"process": "top_hadronic"}, **sizes)
     monkeypatch.undo()
 

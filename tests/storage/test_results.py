@@ -383,26 +383,13 @@ def s3_store(tmp_path_factory):
         yield {"fs": fs, "url": "s3://jetscan-results/s.zarr", "local": tmp_path_factory.mktemp("local") / "s.zarr"}
 
 
-def _s3_requests(monkeypatch) -> dict:
-    """{operation: count} of every S3 request this process makes from now on (any s3fs client)."""
-    from aiobotocore.client import AioBaseClient
-
-    counts: dict = {}
-    real = AioBaseClient._make_api_call
-
-    async def counted(self, operation_name, api_params):
-        counts[operation_name] = counts.get(operation_name, 0) + 1
-        return await real(self, operation_name, api_params)
-
-    monkeypatch.setattr(AioBaseClient, "_make_api_call", counted)
-    return counts
-
-
 def test_reevaluation_on_s3_matches_local_and_writes_each_object_once(s3_store, monkeypatch):
     """A re-evaluated run on S3 leaves no object of the old run (history/, images/ gone), holds
     exactly the objects and bytes the same run has on a local disk, and the rewrite costs one PUT
     per object plus a few requests however many arrays the run has (zarr's per-array existence
     checks, listings and deletes made it ~600 requests for this run)."""
+    from tests.conftest import s3_requests
+
     fs, url, local = s3_store["fs"], s3_store["url"], str(s3_store["local"])
     first = make_evaluation(n=2000, shift=0.5, gluino_shift=2.0)
     second = make_evaluation(n=3000, shift=2.5, history=False, images=False, seed=2)
@@ -410,7 +397,7 @@ def test_reevaluation_on_s3_matches_local_and_writes_each_object_once(s3_store, 
     res.write_run(local, first, first_rows)
     res.write_run(local, second, second_rows)
     res.write_run(url, first, first_rows)
-    requests = _s3_requests(monkeypatch)
+    requests = s3_requests(monkeypatch)
     res.write_run(url, second, second_rows)
     monkeypatch.undo()
 
