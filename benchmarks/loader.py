@@ -12,7 +12,8 @@ store, loading arrays for the in-memory side) to its end.
 
 1. **decode**: one decode worker, no consumer, the cache off: jets/s and jets per CPU-second
    of the whole process (all threads, ``time.process_time``), i.e. per core (target >=
-   50,000 heimel40 jets/s per core).
+   50,000 heimel40 jets/s per core); and the same with every chunk read through zarr instead
+   of directly from the shard files (:mod:`jetscan.storage.shardread`), as before it.
 2. **feeding a consumer of 50k jets/s** (``--rate``): each step is a real
    ``Linear(1600, 2)`` + SGD step on one torch thread, then waits until ``batch / rate``
    seconds have passed since it got its batch (a GPU-fed host thread waits on the device the
@@ -20,8 +21,9 @@ store, loading arrays for the in-memory side) to its end.
    arrays of the same jets (a shuffled index per epoch, ``torch.from_numpy`` per batch), and
    JetStream with 1 and ``--workers`` decode workers, the cache off and at ``--cache-mb``, all
    with its decode process (``data.decode_process: true``; ``auto``, the default, forks for
-   these streams too, since none fits its cache), and once without it (decode threads in the
-   consumer's process, as before).
+   these streams too, since none fits its cache), once without it (decode threads in the
+   consumer's process, as before), and the 1-worker stream once more reading its chunks
+   through zarr (no direct shard reads).
    Ratio streamed / in-memory over whole epochs (target >= 0.95), cold and warm. The sides run
    in ``--repeats`` interleaved rounds (the machine's speed drifts between minutes: decode
    rates of 63k and 87k jets per CPU-second were seen minutes apart); each round gives its
@@ -154,6 +156,10 @@ def child(spec: dict) -> dict:
 
     from jetscan.storage.loader import JetStream
 
+    if spec.get("zarr_reads"):  # the comparison side: every chunk read through zarr, as before shardread
+        from jetscan.storage import shardread
+
+        shardread.reader = lambda arr: None
     torch.set_num_threads(1)
     study = bench_study(spec["store"], cache_mb=spec["cache_mb"], workers=spec["workers"], prefetch=spec["prefetch"],
                         buffer=spec["buffer"], batch=spec["batch"], process=spec.get("process", True),
@@ -341,8 +347,15 @@ def main() -> None:
     dN = rates(decN)
     print(f"   {args.workers} workers: cold {dN['cold_rate']:9.0f} jets/s, warm {dN['warm_rate']:9.0f} jets/s, "
           f"{dN['jets_per_cpu_s']:9.0f} jets per CPU-second")
-    print(f"ratio decode jets/s per core / 50k = {d['jets_per_cpu_s'] / 50_000:.2f}  (target >= 1)")
-    result["decode"] = {"1": {**d, "raw": dec}, str(args.workers): {**dN, "raw": decN}}
+    decZ = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False, "zarr_reads": True},
+                     cold=True)
+    dZ = rates(decZ)
+    print(f"   1 worker, chunks read through zarr (no direct shard reads): cold {dZ['cold_rate']:9.0f} jets/s, "
+          f"warm {dZ['warm_rate']:9.0f} jets/s, {dZ['jets_per_cpu_s']:9.0f} jets per CPU-second")
+    print(f"ratio decode jets/s per core / 50k = {d['jets_per_cpu_s'] / 50_000:.2f}  (target >= 1); "
+          f"direct shard reads / zarr reads per CPU-second = {d['jets_per_cpu_s'] / dZ['jets_per_cpu_s']:.2f}")
+    result["decode"] = {"1": {**d, "raw": dec}, str(args.workers): {**dN, "raw": decN},
+                        "1 zarr reads": {**dZ, "raw": decZ}}
 
     print(f"2. consumer at {args.rate:.0f} jets/s (Linear(1600, 2) + SGD, then waits), batch {args.batch}, "
           f"{args.epochs} epochs (epoch 0 cold), each side a fresh process after dropping the page cache")
@@ -351,6 +364,9 @@ def main() -> None:
         sides[f"stream {w}w cache off"] = {"mode": "train", "workers": w, "cache_mb": 0, "ahead": args.ahead}
     sides[f"stream {args.workers}w cache {args.cache_mb}MB"] = {"mode": "train", "workers": args.workers,
                                                                "cache_mb": args.cache_mb, "ahead": args.ahead}
+    # the 1-worker stream reading every chunk through zarr (before jetscan.storage.shardread)
+    sides["stream 1w cache off, zarr reads"] = {"mode": "train", "workers": 1, "cache_mb": 0, "ahead": args.ahead,
+                                                "zarr_reads": True}
     # the same stream without its decode process: decode threads in the consumer's process
     sides[f"in-process {args.workers}w cache off"] = {"mode": "train", "workers": args.workers, "cache_mb": 0,
                                                       "process": False, "ahead": args.ahead}
