@@ -19,11 +19,11 @@ store, loading arrays for the in-memory side) to its end.
    seconds have passed since it got its batch (a GPU-fed host thread waits on the device the
    same way), so the consumer never takes more than ``rate`` jets/s. Sides: in-memory numpy
    arrays of the same jets (a shuffled index per epoch, ``torch.from_numpy`` per batch), and
-   JetStream with 1 and ``--workers`` decode workers, the cache off and at ``--cache-mb``, all
-   with its decode process (``data.decode_process: true``; ``auto``, the default, forks for
-   these streams too, since none fits its cache), once without it (decode threads in the
-   consumer's process, as before), and the 1-worker stream once more reading its chunks
-   through zarr (no direct shard reads).
+   JetStream as ``data.decode_process: auto`` (the default) makes it, with 1 and ``--workers``
+   decode workers, the cache off and at ``--cache-mb`` (none of these streams fits its cache,
+   and all read directly from the shard files: decode threads in the consumer's process), and
+   with its decode process (``true``, 1 worker, the cache off): once as it is, once reading every
+   chunk through zarr (no direct shard reads), which is how ``auto`` made these streams before.
    Ratio streamed / in-memory over whole epochs (target >= 0.95), cold and warm. The sides run
    in ``--repeats`` interleaved rounds (the machine's speed drifts between minutes: decode
    rates of 63k and 87k jets per CPU-second were seen minutes apart); each round gives its
@@ -132,7 +132,7 @@ def store_bytes(path: str) -> int:
 
 
 def bench_study(store: str, *, cache_mb: int, workers: int, prefetch: int, buffer: int | None, batch: int,
-                process: bool = True, ahead: int = 4):
+                process: bool | str = True, ahead: int = 4):
     from jetscan.core.study import Study
 
     data = {"batch_size": batch, "splits": {"train": 1.0, "val": 0.0, "test": 0.0}, "cache_mb": cache_mb,
@@ -360,16 +360,19 @@ def main() -> None:
     print(f"2. consumer at {args.rate:.0f} jets/s (Linear(1600, 2) + SGD, then waits), batch {args.batch}, "
           f"{args.epochs} epochs (epoch 0 cold), each side a fresh process after dropping the page cache")
     sides = {"in-memory": {"mode": "memory", "workers": 1, "cache_mb": 0}}
+    # data.decode_process: auto, the default: with direct shard reads it decodes in threads of the consumer's process
     for w in sorted({1, args.workers}):
-        sides[f"stream {w}w cache off"] = {"mode": "train", "workers": w, "cache_mb": 0, "ahead": args.ahead}
+        sides[f"stream {w}w cache off"] = {"mode": "train", "workers": w, "cache_mb": 0, "ahead": args.ahead,
+                                           "process": "auto"}
     sides[f"stream {args.workers}w cache {args.cache_mb}MB"] = {"mode": "train", "workers": args.workers,
-                                                               "cache_mb": args.cache_mb, "ahead": args.ahead}
-    # the 1-worker stream reading every chunk through zarr (before jetscan.storage.shardread)
-    sides["stream 1w cache off, zarr reads"] = {"mode": "train", "workers": 1, "cache_mb": 0, "ahead": args.ahead,
-                                                "zarr_reads": True}
-    # the same stream without its decode process: decode threads in the consumer's process
-    sides[f"in-process {args.workers}w cache off"] = {"mode": "train", "workers": args.workers, "cache_mb": 0,
-                                                      "process": False, "ahead": args.ahead}
+                                                               "cache_mb": args.cache_mb, "ahead": args.ahead,
+                                                               "process": "auto"}
+    # the decode process (data.decode_process: true), and as auto made it before direct shard reads: every
+    # chunk through zarr, batches made in the child
+    sides["decode process 1w cache off"] = {"mode": "train", "workers": 1, "cache_mb": 0, "ahead": args.ahead,
+                                            "process": True}
+    sides["decode process 1w cache off, zarr reads"] = {"mode": "train", "workers": 1, "cache_mb": 0,
+                                                        "ahead": args.ahead, "process": True, "zarr_reads": True}
     rounds = []  # the sides interleaved, round after round: the machine's drifts hit every side alike
     for k in range(args.repeats):
         res = {}
@@ -402,7 +405,7 @@ def main() -> None:
     mems = {}
     for n, store in ((args.jets, small), (args.big_jets, big)):
         raw = run_child({**common, "store": store, "epochs": 1, "mode": "decode", "workers": args.workers,
-                         "cache_mb": args.cache_mb}, cold=True)
+                         "cache_mb": args.cache_mb, "process": "auto"}, cold=True)
         mems[str(n)] = raw
         mem = raw["memory"]
         print(f"   {n:>9d} jets ({raw['data_bytes'] / 2**20:7.0f} MiB decoded): peak RSS {raw['rss_peak_mb']:6.0f} MB "

@@ -307,8 +307,10 @@ class DataConfig(_Frozen):
         description="make the batches (reads, decompression, shuffling) in a child process forked from the "
         "consumer, which takes them from shared memory, so a Python training loop never waits for the decode "
         "threads' GIL (false, or a platform without fork: threads in the consumer's process; auto: the child "
-        "only for a stream whose decoded jets do not fit its cache, which decodes every epoch; one that fits "
-        "is decoded once, in the consumer's process, and served from the cache); the batches do not depend on it",
+        "only for a stream whose decoded jets do not fit its cache, which decodes every epoch, and whose reads "
+        "hold the GIL (computed on the fly, or read through zarr); one that fits is decoded once, in the "
+        "consumer's process, and served from the cache, and one read directly from its shard files on a local "
+        "disk decodes in threads of the consumer's process); the batches do not depend on it",
     )
     batches_ahead: int = Field(
         4,

@@ -314,15 +314,28 @@ def _process_stream(study, **kw):
     return stream
 
 
-def test_decode_process_auto_forks_only_for_a_stream_larger_than_its_cache(study):
+def test_decode_process_auto_forks_only_for_a_stream_larger_than_its_cache_whose_reads_hold_the_gil(study, monkeypatch):
     """auto (the default): the child for a stream that decodes every epoch (its jets do not fit
-    its cache), none for one decoded once and served from the cache; the batches are the same."""
+    its cache) and reads through zarr or computes on the fly; none for one decoded once and served
+    from the cache, or read directly from its shard files; the batches are the same."""
     want = list(JetStream(_with_data(study, decode_process=False, shuffle_buffer_jets=32), ["qcd", "top"],
                           "heimel40", batch_size=16).iter_numpy(epoch=0))
     fits = JetStream(_with_data(study, shuffle_buffer_jets=32), ["qcd", "top"], "heimel40", batch_size=16)
     assert fits.n_jets_total * fits.row_bytes <= fits._cache_budget
     _assert_same_batches(fits.iter_numpy(epoch=0), want)
     assert fits._batch_process is None
+    direct = JetStream(_with_data(study, shuffle_buffer_jets=32, cache_mb=0), ["qcd", "top"], "heimel40",
+                       batch_size=16)
+    _assert_same_batches(direct.iter_numpy(epoch=0), want)
+    assert direct._batch_process is None  # direct shard reads release the GIL: decoded in this process
+    on_the_fly = JetStream(_with_data(study, shuffle_buffer_jets=32, cache_mb=0), ["qcd", "top"], "heimel40",
+                           batch_size=16, on_the_fly=True)
+    _assert_same_batches(on_the_fly.iter_numpy(epoch=0), want)
+    assert on_the_fly._batch_process is not None and on_the_fly._batch_process._proc.is_alive()
+    on_the_fly.close()
+    from jetscan.storage import shardread
+
+    monkeypatch.setattr(shardread, "reader", lambda arr: None)  # every chunk through zarr
     streamed = JetStream(_with_data(study, shuffle_buffer_jets=32, cache_mb=0), ["qcd", "top"], "heimel40",
                          batch_size=16)
     _assert_same_batches(streamed.iter_numpy(epoch=0), want)
