@@ -301,6 +301,8 @@ def main() -> None:
     ap.add_argument("--base-store", help="a store with qcd and top and heimel40 (default: preprocess.py's)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "jetscan-bench"))
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the consumer sides, interleaved")
+    ap.add_argument("--consumer-only", action="store_true",
+                    help="only part 2, the default sides (in-memory, auto with 1 and --workers decode workers)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = ap.parse_args()
     if args.child:
@@ -335,27 +337,28 @@ def main() -> None:
     result = {"bench": "loader", "git": git_rev(), "device": cpu_device(), "quick": args.quick,
               "args": {k: v for k, v in vars(args).items() if k not in ("child", "work", "base_store")}}
 
-    print(f"1. decode: 1 decode worker in the process, no consumer, cache off, {args.jets} jets, fresh process, "
-          "page cache dropped")
-    # in-process decode threads: time.process_time then counts every CPU-second spent decoding
-    dec = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False}, cold=True)
-    d = rates(dec)
-    print(f"   page cache: {dec['page_cache']}")
-    print(f"   cold epoch {d['cold_rate']:9.0f} jets/s, warm {d['warm_rate']:9.0f} jets/s; "
-          f"{d['jets_per_cpu_s']:9.0f} jets per CPU-second (all threads)")
-    decN = run_child({**common, "mode": "decode", "workers": args.workers, "cache_mb": 0, "process": False}, cold=True)
-    dN = rates(decN)
-    print(f"   {args.workers} workers: cold {dN['cold_rate']:9.0f} jets/s, warm {dN['warm_rate']:9.0f} jets/s, "
-          f"{dN['jets_per_cpu_s']:9.0f} jets per CPU-second")
-    decZ = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False, "zarr_reads": True},
-                     cold=True)
-    dZ = rates(decZ)
-    print(f"   1 worker, chunks read through zarr (no direct shard reads): cold {dZ['cold_rate']:9.0f} jets/s, "
-          f"warm {dZ['warm_rate']:9.0f} jets/s, {dZ['jets_per_cpu_s']:9.0f} jets per CPU-second")
-    print(f"ratio decode jets/s per core / 50k = {d['jets_per_cpu_s'] / 50_000:.2f}  (target >= 1); "
-          f"direct shard reads / zarr reads per CPU-second = {d['jets_per_cpu_s'] / dZ['jets_per_cpu_s']:.2f}")
-    result["decode"] = {"1": {**d, "raw": dec}, str(args.workers): {**dN, "raw": decN},
-                        "1 zarr reads": {**dZ, "raw": decZ}}
+    if not args.consumer_only:
+        print(f"1. decode: 1 decode worker in the process, no consumer, cache off, {args.jets} jets, fresh process, "
+              "page cache dropped")
+        # in-process decode threads: time.process_time then counts every CPU-second spent decoding
+        dec = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False}, cold=True)
+        d = rates(dec)
+        print(f"   page cache: {dec['page_cache']}")
+        print(f"   cold epoch {d['cold_rate']:9.0f} jets/s, warm {d['warm_rate']:9.0f} jets/s; "
+              f"{d['jets_per_cpu_s']:9.0f} jets per CPU-second (all threads)")
+        decN = run_child({**common, "mode": "decode", "workers": args.workers, "cache_mb": 0, "process": False}, cold=True)
+        dN = rates(decN)
+        print(f"   {args.workers} workers: cold {dN['cold_rate']:9.0f} jets/s, warm {dN['warm_rate']:9.0f} jets/s, "
+              f"{dN['jets_per_cpu_s']:9.0f} jets per CPU-second")
+        decZ = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False, "zarr_reads": True},
+                         cold=True)
+        dZ = rates(decZ)
+        print(f"   1 worker, chunks read through zarr (no direct shard reads): cold {dZ['cold_rate']:9.0f} jets/s, "
+              f"warm {dZ['warm_rate']:9.0f} jets/s, {dZ['jets_per_cpu_s']:9.0f} jets per CPU-second")
+        print(f"ratio decode jets/s per core / 50k = {d['jets_per_cpu_s'] / 50_000:.2f}  (target >= 1); "
+              f"direct shard reads / zarr reads per CPU-second = {d['jets_per_cpu_s'] / dZ['jets_per_cpu_s']:.2f}")
+        result["decode"] = {"1": {**d, "raw": dec}, str(args.workers): {**dN, "raw": decN},
+                            "1 zarr reads": {**dZ, "raw": decZ}}
 
     print(f"2. consumer at {args.rate:.0f} jets/s (Linear(1600, 2) + SGD, then waits), batch {args.batch}, "
           f"{args.epochs} epochs (epoch 0 cold), each side a fresh process after dropping the page cache")
@@ -373,6 +376,8 @@ def main() -> None:
                                             "process": True}
     sides["decode process 1w cache off, zarr reads"] = {"mode": "train", "workers": 1, "cache_mb": 0,
                                                         "ahead": args.ahead, "process": True, "zarr_reads": True}
+    if args.consumer_only:
+        sides = {k: v for k, v in sides.items() if k == "in-memory" or (k.startswith("stream") and k.endswith("cache off"))}
     rounds = []  # the sides interleaved, round after round: the machine's drifts hit every side alike
     for k in range(args.repeats):
         res = {}
@@ -401,23 +406,24 @@ def main() -> None:
     res = {name: [rd[name] for rd in rounds] for name in sides}
     result["consumer"] = {"sides": res, "ratios": ratios}
 
-    print(f"3. memory: one pass, {args.workers} decode workers, cache_mb {args.cache_mb}, no consumer, fresh processes")
-    mems = {}
-    for n, store in ((args.jets, small), (args.big_jets, big)):
-        raw = run_child({**common, "store": store, "epochs": 1, "mode": "decode", "workers": args.workers,
-                         "cache_mb": args.cache_mb, "process": "auto"}, cold=True)
-        mems[str(n)] = raw
-        mem = raw["memory"]
-        print(f"   {n:>9d} jets ({raw['data_bytes'] / 2**20:7.0f} MiB decoded): peak RSS {raw['rss_peak_mb']:6.0f} MB "
-              f"+ decode process {raw['rss_decode_process_mb']:6.0f} MB "
-              f"(after imports {raw['rss_before_mb']:5.0f} MB); accounted peak {mem['peak_bytes'] / 2**20:6.1f} MiB "
-              f"(cache {mem['cache_bytes'] / 2**20:.1f}, bound {mem['limit_bytes'] / 2**20:.0f} MiB), "
-              f"{raw['epochs'][0]['jets'] / raw['epochs'][0]['seconds']:8.0f} jets/s")
-    both = {n: r["rss_peak_mb"] + r["rss_decode_process_mb"] for n, r in mems.items()}
-    grow = both[str(args.big_jets)] / both[str(args.jets)]
-    print(f"ratio peak RSS (consumer + decode process) {args.big_jets} / {args.jets} jets = {grow:.3f}  "
-          "(bounded memory: ~1)")
-    result["memory"] = {"runs": mems, "ratio_rss_big_over_small": grow}
+    if not args.consumer_only:
+        print(f"3. memory: one pass, {args.workers} decode workers, cache_mb {args.cache_mb}, no consumer, fresh processes")
+        mems = {}
+        for n, store in ((args.jets, small), (args.big_jets, big)):
+            raw = run_child({**common, "store": store, "epochs": 1, "mode": "decode", "workers": args.workers,
+                             "cache_mb": args.cache_mb, "process": "auto"}, cold=True)
+            mems[str(n)] = raw
+            mem = raw["memory"]
+            print(f"   {n:>9d} jets ({raw['data_bytes'] / 2**20:7.0f} MiB decoded): peak RSS {raw['rss_peak_mb']:6.0f} MB "
+                  f"+ decode process {raw['rss_decode_process_mb']:6.0f} MB "
+                  f"(after imports {raw['rss_before_mb']:5.0f} MB); accounted peak {mem['peak_bytes'] / 2**20:6.1f} MiB "
+                  f"(cache {mem['cache_bytes'] / 2**20:.1f}, bound {mem['limit_bytes'] / 2**20:.0f} MiB), "
+                  f"{raw['epochs'][0]['jets'] / raw['epochs'][0]['seconds']:8.0f} jets/s")
+        both = {n: r["rss_peak_mb"] + r["rss_decode_process_mb"] for n, r in mems.items()}
+        grow = both[str(args.big_jets)] / both[str(args.jets)]
+        print(f"ratio peak RSS (consumer + decode process) {args.big_jets} / {args.jets} jets = {grow:.3f}  "
+              "(bounded memory: ~1)")
+        result["memory"] = {"runs": mems, "ratio_rss_big_over_small": grow}
     append_result(result, quick=args.quick)
 
 

@@ -293,13 +293,14 @@ class DataConfig(_Frozen):
         description="bound on the decoded bytes a stream holds (cache + shuffle buffer + read-ahead); the cache "
         "keeps chunks across epochs in what the other two leave (0: no cache)",
     )
-    decode_workers: int = Field(
-        4,
+    decode_workers: int | None = Field(
+        None,
         ge=1,
         le=64,
-        exclude_if=lambda v: v == 4,  # a performance knob: at its default it stays out of dumps and run hashes
-        description="threads reading and decoding chunks (decompression releases the GIL); the batches do not "
-        "depend on it",
+        exclude_if=lambda v: v is None,  # a performance knob: at its default it stays out of dumps and run hashes
+        description="threads reading and decoding chunks (decompression releases the GIL); default: one per CPU "
+        "this process may use beyond the training loop's own, at most 4 (1 on 2 cores: more threads beside a "
+        "Python training loop on 2 cores slowed it, benchmarks/loader.py); the batches do not depend on it",
     )
     decode_process: bool | Literal["auto"] = Field(
         "auto",

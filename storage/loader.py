@@ -28,7 +28,8 @@ in memory:
   in full batches plus a last partial one, as before;
 - **shuffling**: chunk order per epoch, then a bounded buffer of ``shuffle_buffer_jets``
   jets mixed across chunks;
-- **decode workers**: ``data.decode_workers`` threads read and decode the next
+- **decode workers**: ``data.decode_workers`` threads (default :func:`default_decode_workers`:
+  the usable CPUs less one, 1 to 4) read and decode the next
   ``data.prefetch_chunks`` chunks while the current ones are consumed (on a local disk read
   straight from the shard files, :mod:`jetscan.storage.shardread`, whose file reads, checksums
   and blosc / zstd decompression release the GIL; elsewhere through zarr). Results are taken in chunk order, so
@@ -91,9 +92,21 @@ from jetscan.core.study import Study
 from jetscan.storage import blobs, catalog, layout, shardread
 from jetscan.storage.stream_process import BatchProcess, fork_available
 
-__all__ = ["JetStream", "split_assignment", "SPLITS"]
+__all__ = ["JetStream", "default_decode_workers", "split_assignment", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
+
+
+def default_decode_workers() -> int:
+    """``data.decode_workers`` when unset: the CPUs this process may use less one for the training
+    loop, between 1 and 4. On 2 cores, 4 decode threads beside a Python training loop fed it at
+    0.75 of the in-memory rate and 1 thread at 0.95 (``benchmarks/loader.py``, decode threads in
+    the loop's process)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return min(4, max(1, cpus - 1))
 
 
 def split_assignment(n_jets: int, fractions: tuple[float, float, float], seed: int, sample: str) -> np.ndarray:
@@ -210,7 +223,7 @@ class JetStream(torch.utils.data.IterableDataset):
                 if len(rows):
                     self._units.append(_Unit(i, start, min(start + chunk, len(mask)), rows))
         self.n_jets_total = int(sum(len(u.rows) for u in self._units))
-        self.decode_workers = study.data.decode_workers
+        self.decode_workers = study.data.decode_workers or default_decode_workers()
         self.batches_ahead = study.data.batches_ahead
         self.row_bytes = self._row_bytes()
         # everything decoded is accounted: cache + shuffle buffers + read-ahead queue <= cache_mb

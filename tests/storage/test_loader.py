@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.study import ContaminationConfig
-from jetscan.storage.loader import JetStream, split_assignment
+from jetscan.storage.loader import JetStream, default_decode_workers, split_assignment
 
 pytestmark = [pytest.mark.slow, pytest.mark.pythia]
 
@@ -291,6 +293,9 @@ def test_decode_workers_is_validated_and_stays_out_of_dumps_at_its_default(tiny_
 
     study = tiny_study()
     assert "decode_workers" not in study.data.model_dump(mode="json")  # run hashes made before it stay valid
+    assert study.data.decode_workers is None  # unset: the usable CPUs less the training loop's, 1 to 4
+    cpus = len(os.sched_getaffinity(0))
+    assert default_decode_workers() == min(4, max(1, cpus - 1))
     two = _with_data(study, decode_workers=2)
     assert Study.from_dict(yaml.safe_load(two.to_yaml())).data.decode_workers == 2
     with pytest.raises(ValueError, match="decode_workers"):
