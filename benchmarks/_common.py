@@ -72,6 +72,18 @@ _AT_START = git_state()
 _LOAD_AT_START = os.getloadavg()
 
 
+def drop_page_cache() -> str:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches`` (root only): "dropped", or why not, so a "cold"
+    figure can say whether it read from the page cache."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return "dropped"
+    except OSError as exc:
+        return f"NOT dropped ({exc.strerror}): 'cold' measurements may read from the page cache"
+
+
 def cpu_device() -> str:
     return f"{platform.processor() or platform.machine()} x{os.cpu_count()} (cpu)"
 

@@ -235,17 +235,9 @@ def _rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------ orchestration
-def drop_page_cache() -> str:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return "dropped"
-    except OSError as exc:
-        return f"NOT dropped ({exc.strerror}): 'cold' epochs may read from the page cache"
-
-
 def run_child(spec: dict, *, cold: bool) -> dict:
+    from _common import drop_page_cache
+
     note = drop_page_cache() if cold else "kept"
     spec = {**spec, "t_spawn": time.time()}
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,

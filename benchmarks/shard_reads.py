@@ -24,7 +24,6 @@ value. Appends one JSON line to ``benchmarks/results.jsonl``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -35,17 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_result, cpu_device, git_rev  # noqa: E402
-
-
-def drop_page_cache() -> str:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return "dropped"
-    except OSError as exc:
-        return f"NOT dropped ({exc.strerror}): the cold round may read from the page cache"
+from _common import append_result, cpu_device, drop_page_cache, git_rev  # noqa: E402
 
 
 def workloads(store: str):

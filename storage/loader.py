@@ -473,8 +473,8 @@ class JetStream(torch.utils.data.IterableDataset):
             return None
         if setting == "auto" and self._reads_release_gil():
             # direct shard reads: the decode threads hold the GIL only briefly, and the consumer is
-            # spared the handover and the child's copies (benchmarks/loader.py: 0.965 of the in-memory
-            # rate against 0.888 with the child, medians of 5 rounds)
+            # spared the handover and the child's copies (benchmarks/loader.py, 1 decode worker: 0.968
+            # of the in-memory rate against 0.814 with the child, medians of 5 rounds)
             return None
         store = str(self.study.store)
         if "://" in store and not store.startswith("file://"):  # object-store clients are not fork-safe
@@ -727,7 +727,7 @@ class _SlotBuffer:
 
 def _read_slices(arrays: list[tuple], sl: slice) -> list[np.ndarray]:
     """``[a[sl] for a, _ in arrays]``: directly from the shard files where ``arrays`` gives a
-    reader (about 3x fewer CPU-seconds than zarr for a 1000-jet heimel40 chunk; a read it cannot
+    reader (2-3x fewer CPU-seconds than zarr for a 1000-jet heimel40 chunk; a read it cannot
     make is made by zarr, whose errors the caller then sees), the rest in one trip through
     zarr's event loop (its per-call overhead, not decompression, dominates reading a 1000-jet
     chunk: about 1.5x fewer CPU-seconds than one call per array)."""

@@ -125,18 +125,17 @@ class ShardReader:
         stop = max(start, stop)
         c0, c1 = start // self.chunk_rows, -(-stop // self.chunk_rows)
         if c1 - c0 == 1 and start == c0 * self.chunk_rows and stop - start == self.chunk_rows:
-            return self._chunk(c0, None)  # one whole chunk: decoded in place, no copy
+            return self._chunk(c0)  # one whole chunk: decoded in place, no copy
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         for c in range(c0, c1):
             lo, hi = max(start, c * self.chunk_rows), min(stop, (c + 1) * self.chunk_rows)
-            chunk = self._chunk(c, None)
+            chunk = self._chunk(c)
             out[lo - start : hi - start] = chunk[lo - c * self.chunk_rows : hi - c * self.chunk_rows]
         return out
 
-    def _chunk(self, c: int, out: np.ndarray | None) -> np.ndarray:
+    def _chunk(self, c: int) -> np.ndarray:
         """Inner chunk ``c`` of the array, whole (a chunk at the array's end is stored padded)."""
-        if out is None:
-            out = np.empty((self.chunk_rows, *self.shape[1:]), self.dtype)
+        out = np.empty((self.chunk_rows, *self.shape[1:]), self.dtype)
         shard, inner = divmod(c, self.chunks_per_shard)
         path = self.directory / self._key(shard)
         try:
