@@ -257,7 +257,7 @@ def read_rows(group: zarr.Group, fields: list[str], start: int, stop: int) -> di
     A chunk that fails its checksum (or decompression) raises one StorageError naming the
     store, the array, the chunk and the shard, and pointing to ``jetscan verify --repair``.
     Arrays on a local disk are read straight from their shard files (:mod:`jetscan.storage.shardread`,
-    the same values in about a third of zarr's CPU time); what that cannot read goes through zarr."""
+    the same values in about half of zarr's CPU time); what that cannot read goes through zarr."""
     out = {}
     for f in fields:
         arr = group[f]
