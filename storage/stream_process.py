@@ -10,7 +10,8 @@ read-ahead of the next epoch survive between epochs. Since chunks on a local dis
 straight from their shard files (:mod:`jetscan.storage.shardread`, which releases the GIL),
 ``data.decode_process: auto`` uses the child only for streams whose reads still hold it
 (computed on the fly, or read through zarr): for the others, threads in the consumer's
-process fed a 50k jets/s consumer at 0.968 of the in-memory rate against 0.814 with the child.
+process fed a 50k jets/s consumer at 0.955 of the in-memory rate (median of 14 rounds) against
+0.81-0.88 with the child.
 
 Batches travel through a ring of ``depth`` slots in an anonymous shared mapping (made before
 the fork, so nothing is named, left behind, or tracked by another process), each laid out once from the
