@@ -277,6 +277,99 @@ def rates(res: dict) -> dict:
     }
 
 
+def decode_part(args, common: dict) -> dict:
+    """Part 1: decode alone (in-process threads, so time.process_time counts every CPU-second of it)."""
+    print(f"1. decode: no consumer, cache off, {args.jets} jets, decode threads in the process, a fresh process "
+          "each, page cache dropped")
+    runs = {"1": {"workers": 1}, str(args.workers): {"workers": args.workers},
+            "1 zarr reads": {"workers": 1, "zarr_reads": True}}
+    out = {}
+    for name, side in runs.items():
+        raw = run_child({**common, "mode": "decode", "cache_mb": 0, "process": False, **side}, cold=True)
+        r = out[name] = {**rates(raw), "raw": raw}
+        label = "1 worker, chunks read through zarr" if side.get("zarr_reads") else f"{side['workers']} worker(s)"
+        print(f"   {label:34s} cold {r['cold_rate']:9.0f} jets/s, warm {r['warm_rate']:9.0f} jets/s, "
+              f"{r['jets_per_cpu_s']:9.0f} jets per CPU-second (page cache {raw['page_cache']})")
+    per_cpu = {name: r["jets_per_cpu_s"] for name, r in out.items()}
+    print(f"ratio decode jets/s per core / 50k = {per_cpu['1'] / 50_000:.2f}  (target >= 1); "
+          f"direct shard reads / zarr reads per CPU-second = {per_cpu['1'] / per_cpu['1 zarr reads']:.2f}")
+    return out
+
+
+def consumer_sides(args) -> dict:
+    sides = {"in-memory": {"mode": "memory", "workers": 1, "cache_mb": 0}}
+    # data.decode_process: auto, the default: with direct shard reads it decodes in threads of the consumer's process
+    for w in sorted({1, args.workers}):
+        sides[f"stream {w}w cache off"] = {"mode": "train", "workers": w, "cache_mb": 0, "ahead": args.ahead,
+                                           "process": "auto"}
+    if args.consumer_only:
+        return sides
+    sides[f"stream {args.workers}w cache {args.cache_mb}MB"] = {"mode": "train", "workers": args.workers,
+                                                               "cache_mb": args.cache_mb, "ahead": args.ahead,
+                                                               "process": "auto"}
+    # the decode process (data.decode_process: true), and as auto made it before direct shard reads: every
+    # chunk through zarr, batches made in the child
+    sides["decode process 1w cache off"] = {"mode": "train", "workers": 1, "cache_mb": 0, "ahead": args.ahead,
+                                            "process": True}
+    sides["decode process 1w cache off, zarr reads"] = {"mode": "train", "workers": 1, "cache_mb": 0,
+                                                        "ahead": args.ahead, "process": True, "zarr_reads": True}
+    return sides
+
+
+def consumer_part(args, common: dict) -> dict:
+    """Part 2: the sides fed to a consumer of ``--rate`` jets/s, in interleaved rounds."""
+    print(f"2. consumer at {args.rate:.0f} jets/s (Linear(1600, 2) + SGD, then waits), batch {args.batch}, "
+          f"{args.epochs} epochs (epoch 0 cold), each side a fresh process after dropping the page cache")
+    sides = consumer_sides(args)
+    rounds = []  # the sides interleaved, round after round: the machine's drifts hit every side alike
+    for k in range(args.repeats):
+        res = {}
+        for name, side in sides.items():
+            raw = run_child({**common, **side}, cold=True)
+            r = rates(raw)
+            res[name] = {**r, "raw": raw}
+            mem = raw.get("memory", {})
+            print(f"   [{k + 1}/{args.repeats}] {name:26s} cold {r['cold_rate']:8.0f} warm {r['warm_rate']:8.0f} jets/s, "
+                  f"first batch cold {r['cold_first_batch_ms']:6.1f} ms warm {r['warm_first_batch_ms']:6.1f} ms; "
+                  f"loop {r['loop_s']:6.2f} s, wall {r['wall_s']:6.2f} s (start-up {r['startup_s']:5.2f} s), "
+                  f"peak RSS {raw['rss_peak_mb']:6.0f} MB"
+                  + (f", cache held {mem['cache_bytes'] / 2**20:.0f} MiB of {raw['data_bytes'] / 2**20:.0f} MiB"
+                     if mem else ""))
+        rounds.append(res)
+    ratios = {}
+    for name in list(sides)[1:]:
+        per_round = {k: [ratio(rd[name], rd["in-memory"]) for rd in rounds] for k, ratio in RATIOS.items()}
+        ratios[name] = {k: float(np.median(v)) for k, v in per_round.items()}
+        ratios[name]["rounds"] = per_round
+        spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in per_round.items()}
+        print(f"ratio {name} / in-memory, median of {args.repeats} rounds (range): whole epochs cold "
+              f"{ratios[name]['cold']:.3f} ({spread['cold']}), warm {ratios[name]['warm']:.3f} ({spread['warm']}), "
+              f"all {ratios[name]['all_epochs']:.3f} ({spread['all_epochs']}) (target >= 0.95); wall incl. start-up "
+              f"{ratios[name]['wall']:.3f} ({spread['wall']})")
+    return {"sides": {name: [rd[name] for rd in rounds] for name in sides}, "ratios": ratios}
+
+
+def memory_part(args, common: dict, small: str, big: str) -> dict:
+    """Part 3: peak RSS of one pass over the small and the big store, as auto makes the stream."""
+    print(f"3. memory: one pass, {args.workers} decode workers, cache_mb {args.cache_mb}, no consumer, fresh processes")
+    mems = {}
+    for n, store in ((args.jets, small), (args.big_jets, big)):
+        raw = run_child({**common, "store": store, "epochs": 1, "mode": "decode", "workers": args.workers,
+                         "cache_mb": args.cache_mb, "process": "auto"}, cold=True)
+        mems[str(n)] = raw
+        mem = raw["memory"]
+        print(f"   {n:>9d} jets ({raw['data_bytes'] / 2**20:7.0f} MiB decoded): peak RSS {raw['rss_peak_mb']:6.0f} MB "
+              f"+ decode process {raw['rss_decode_process_mb']:6.0f} MB "
+              f"(after imports {raw['rss_before_mb']:5.0f} MB); accounted peak {mem['peak_bytes'] / 2**20:6.1f} MiB "
+              f"(cache {mem['cache_bytes'] / 2**20:.1f}, bound {mem['limit_bytes'] / 2**20:.0f} MiB), "
+              f"{raw['epochs'][0]['jets'] / raw['epochs'][0]['seconds']:8.0f} jets/s")
+    both = {n: r["rss_peak_mb"] + r["rss_decode_process_mb"] for n, r in mems.items()}
+    grow = both[str(args.big_jets)] / both[str(args.jets)]
+    print(f"ratio peak RSS (consumer + decode process) {args.big_jets} / {args.jets} jets = {grow:.3f}  "
+          "(bounded memory: ~1)")
+    return {"runs": mems, "ratio_rss_big_over_small": grow}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -330,92 +423,10 @@ def main() -> None:
               "args": {k: v for k, v in vars(args).items() if k not in ("child", "work", "base_store")}}
 
     if not args.consumer_only:
-        print(f"1. decode: 1 decode worker in the process, no consumer, cache off, {args.jets} jets, fresh process, "
-              "page cache dropped")
-        # in-process decode threads: time.process_time then counts every CPU-second spent decoding
-        dec = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False}, cold=True)
-        d = rates(dec)
-        print(f"   page cache: {dec['page_cache']}")
-        print(f"   cold epoch {d['cold_rate']:9.0f} jets/s, warm {d['warm_rate']:9.0f} jets/s; "
-              f"{d['jets_per_cpu_s']:9.0f} jets per CPU-second (all threads)")
-        decN = run_child({**common, "mode": "decode", "workers": args.workers, "cache_mb": 0, "process": False}, cold=True)
-        dN = rates(decN)
-        print(f"   {args.workers} workers: cold {dN['cold_rate']:9.0f} jets/s, warm {dN['warm_rate']:9.0f} jets/s, "
-              f"{dN['jets_per_cpu_s']:9.0f} jets per CPU-second")
-        decZ = run_child({**common, "mode": "decode", "workers": 1, "cache_mb": 0, "process": False, "zarr_reads": True},
-                         cold=True)
-        dZ = rates(decZ)
-        print(f"   1 worker, chunks read through zarr (no direct shard reads): cold {dZ['cold_rate']:9.0f} jets/s, "
-              f"warm {dZ['warm_rate']:9.0f} jets/s, {dZ['jets_per_cpu_s']:9.0f} jets per CPU-second")
-        print(f"ratio decode jets/s per core / 50k = {d['jets_per_cpu_s'] / 50_000:.2f}  (target >= 1); "
-              f"direct shard reads / zarr reads per CPU-second = {d['jets_per_cpu_s'] / dZ['jets_per_cpu_s']:.2f}")
-        result["decode"] = {"1": {**d, "raw": dec}, str(args.workers): {**dN, "raw": decN},
-                            "1 zarr reads": {**dZ, "raw": decZ}}
-
-    print(f"2. consumer at {args.rate:.0f} jets/s (Linear(1600, 2) + SGD, then waits), batch {args.batch}, "
-          f"{args.epochs} epochs (epoch 0 cold), each side a fresh process after dropping the page cache")
-    sides = {"in-memory": {"mode": "memory", "workers": 1, "cache_mb": 0}}
-    # data.decode_process: auto, the default: with direct shard reads it decodes in threads of the consumer's process
-    for w in sorted({1, args.workers}):
-        sides[f"stream {w}w cache off"] = {"mode": "train", "workers": w, "cache_mb": 0, "ahead": args.ahead,
-                                           "process": "auto"}
-    sides[f"stream {args.workers}w cache {args.cache_mb}MB"] = {"mode": "train", "workers": args.workers,
-                                                               "cache_mb": args.cache_mb, "ahead": args.ahead,
-                                                               "process": "auto"}
-    # the decode process (data.decode_process: true), and as auto made it before direct shard reads: every
-    # chunk through zarr, batches made in the child
-    sides["decode process 1w cache off"] = {"mode": "train", "workers": 1, "cache_mb": 0, "ahead": args.ahead,
-                                            "process": True}
-    sides["decode process 1w cache off, zarr reads"] = {"mode": "train", "workers": 1, "cache_mb": 0,
-                                                        "ahead": args.ahead, "process": True, "zarr_reads": True}
-    if args.consumer_only:
-        sides = {k: v for k, v in sides.items() if k == "in-memory" or (k.startswith("stream") and k.endswith("cache off"))}
-    rounds = []  # the sides interleaved, round after round: the machine's drifts hit every side alike
-    for k in range(args.repeats):
-        res = {}
-        for name, side in sides.items():
-            raw = run_child({**common, **side}, cold=True)
-            r = rates(raw)
-            res[name] = {**r, "raw": raw}
-            mem = raw.get("memory", {})
-            print(f"   [{k + 1}/{args.repeats}] {name:26s} cold {r['cold_rate']:8.0f} warm {r['warm_rate']:8.0f} jets/s, "
-                  f"first batch cold {r['cold_first_batch_ms']:6.1f} ms warm {r['warm_first_batch_ms']:6.1f} ms; "
-                  f"loop {r['loop_s']:6.2f} s, wall {r['wall_s']:6.2f} s (start-up {r['startup_s']:5.2f} s), "
-                  f"peak RSS {raw['rss_peak_mb']:6.0f} MB"
-                  + (f", cache held {mem['cache_bytes'] / 2**20:.0f} MiB of {raw['data_bytes'] / 2**20:.0f} MiB"
-                     if mem else ""))
-        rounds.append(res)
-    ratios = {}
-    for name in list(sides)[1:]:
-        per_round = {k: [ratio(rd[name], rd["in-memory"]) for rd in rounds] for k, ratio in RATIOS.items()}
-        ratios[name] = {k: float(np.median(v)) for k, v in per_round.items()}
-        ratios[name]["rounds"] = per_round
-        spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in per_round.items()}
-        print(f"ratio {name} / in-memory, median of {args.repeats} rounds (range): whole epochs cold "
-              f"{ratios[name]['cold']:.3f} ({spread['cold']}), warm {ratios[name]['warm']:.3f} ({spread['warm']}), "
-              f"all {ratios[name]['all_epochs']:.3f} ({spread['all_epochs']}) (target >= 0.95); wall incl. start-up "
-              f"{ratios[name]['wall']:.3f} ({spread['wall']})")
-    res = {name: [rd[name] for rd in rounds] for name in sides}
-    result["consumer"] = {"sides": res, "ratios": ratios}
-
+        result["decode"] = decode_part(args, common)
+    result["consumer"] = consumer_part(args, common)
     if not args.consumer_only:
-        print(f"3. memory: one pass, {args.workers} decode workers, cache_mb {args.cache_mb}, no consumer, fresh processes")
-        mems = {}
-        for n, store in ((args.jets, small), (args.big_jets, big)):
-            raw = run_child({**common, "store": store, "epochs": 1, "mode": "decode", "workers": args.workers,
-                             "cache_mb": args.cache_mb, "process": "auto"}, cold=True)
-            mems[str(n)] = raw
-            mem = raw["memory"]
-            print(f"   {n:>9d} jets ({raw['data_bytes'] / 2**20:7.0f} MiB decoded): peak RSS {raw['rss_peak_mb']:6.0f} MB "
-                  f"+ decode process {raw['rss_decode_process_mb']:6.0f} MB "
-                  f"(after imports {raw['rss_before_mb']:5.0f} MB); accounted peak {mem['peak_bytes'] / 2**20:6.1f} MiB "
-                  f"(cache {mem['cache_bytes'] / 2**20:.1f}, bound {mem['limit_bytes'] / 2**20:.0f} MiB), "
-                  f"{raw['epochs'][0]['jets'] / raw['epochs'][0]['seconds']:8.0f} jets/s")
-        both = {n: r["rss_peak_mb"] + r["rss_decode_process_mb"] for n, r in mems.items()}
-        grow = both[str(args.big_jets)] / both[str(args.jets)]
-        print(f"ratio peak RSS (consumer + decode process) {args.big_jets} / {args.jets} jets = {grow:.3f}  "
-              "(bounded memory: ~1)")
-        result["memory"] = {"runs": mems, "ratio_rss_big_over_small": grow}
+        result["memory"] = memory_part(args, common, small, big)
     append_result(result, quick=args.quick)
 
 

@@ -24,12 +24,14 @@ value. Appends one JSON line to ``benchmarks/results.jsonl``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
 import types
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -70,20 +72,12 @@ def workloads(store: str):
 
 
 def side(name: str):
-    """A context in which reads are direct (the default) or all through zarr."""
+    """A context in which reads are direct ("direct", the default) or all through zarr ("zarr")."""
     from jetscan.storage import shardread
 
-    real = shardread.reader
-
-    class _Ctx:
-        def __enter__(self):
-            if name == "zarr":
-                shardread.reader = lambda arr: None
-
-        def __exit__(self, *exc):
-            shardread.reader = real
-
-    return _Ctx()
+    if name == "zarr":
+        return mock.patch.object(shardread, "reader", lambda arr: None)
+    return contextlib.nullcontext()
 
 
 def same(a, b) -> bool:

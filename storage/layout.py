@@ -261,13 +261,10 @@ def read_rows(group: zarr.Group, fields: list[str], start: int, stop: int) -> di
     out = {}
     for f in fields:
         arr = group[f]
-        direct = shardread.reader(arr)
-        if direct is not None:
-            try:
-                out[f] = direct.read(slice(start, stop))
-                continue
-            except shardread.ShardReadError:
-                pass  # zarr reads it, or raises the error explained below
+        got = shardread.read_direct(shardread.reader(arr), slice(start, stop))
+        if got is not None:
+            out[f] = got
+            continue  # else zarr reads it, or raises the error explained below
         try:
             out[f] = arr[start:stop]
         except Exception as exc:  # noqa: BLE001 - zstd, crc32c and shard-index errors differ

@@ -731,13 +731,7 @@ def _read_slices(arrays: list[tuple], sl: slice) -> list[np.ndarray]:
     make is made by zarr, whose errors the caller then sees), the rest in one trip through
     zarr's event loop (its per-call overhead, not decompression, dominates reading a 1000-jet
     chunk: about 1.5x fewer CPU-seconds than one call per array)."""
-    out: list = [None] * len(arrays)
-    for i, (_, direct) in enumerate(arrays):
-        if direct is not None:
-            try:
-                out[i] = direct.read(sl)
-            except shardread.ShardReadError:
-                pass
+    out = [shardread.read_direct(direct, sl) for _, direct in arrays]
     rest = [i for i, got in enumerate(out) if got is None]
     if rest and _zarr_sync is None:
         for i in rest:

@@ -32,7 +32,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, Zstd
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
-__all__ = ["ShardReader", "ShardReadError", "reader"]
+__all__ = ["ShardReader", "ShardReadError", "read_direct", "reader"]
 
 _EMPTY = 2**64 - 1  # an index entry (offset, nbytes) of a chunk that holds only the fill value
 
@@ -76,6 +76,17 @@ def reader(arr) -> "ShardReader | None":
         decompress=decompress,
         key=lambda shard: meta.encode_chunk_key((shard,) + (0,) * (len(shape) - 1)),
     )
+
+
+def read_direct(direct: "ShardReader | None", rows: slice) -> np.ndarray | None:
+    """``rows`` read by ``direct``, or None when there is no reader or it cannot read them
+    (the caller then reads them through zarr, which raises the error if there is one)."""
+    if direct is None:
+        return None
+    try:
+        return direct.read(rows)
+    except ShardReadError:
+        return None
 
 
 def _is_index_codecs(codecs) -> bool:
