@@ -14,6 +14,9 @@ Two measurements:
   submitted (the workers up, and warm: ``jetscan scan`` has them import the training stack
   before its first task) to the last one done (without start-up and aggregation). Issue
   target: >= 1.8x for N = 2; use cells long against a worker's start-up (``--epochs``).
+  The N workers run pinned to their own cores (the default) and once more left to the OS
+  scheduler (``pin_cores=False``); every side runs once per round (``--rounds``), the order
+  alternating between rounds, and the ratios are taken within a round: median and range.
 - **aggregation of C cells x J per-jet scores** (ROC + bootstrap band per cell, the scan's
   ``roc_bands``): background and signal scores of every cell stored as zarr arrays (as the
   results store holds them; the scores are drawn from two Gaussians, the benchmark measures
@@ -25,7 +28,7 @@ Two measurements:
   Issue target: >= 1.8x.
 
     python benchmarks/scan.py [--store out/quickstart.zarr] [--cells 4] [--epochs 3] [--workers 2]
-        [--agg-cells 100] [--agg-jets 100000] [--boot 50] [--part cells|agg|both]
+        [--agg-cells 100] [--agg-jets 100000] [--boot 50] [--part cells|agg|both] [--rounds 1]
 
 Without ``--store`` a small store (QCD and top, Pythia, no Ray) is generated in a temporary
 folder first (not timed). Appends one JSON line to ``benchmarks/results.jsonl``.
@@ -73,11 +76,11 @@ def make_study(store: str | None, tmp: Path, epochs: int, cells: int, jets: int)
     return study
 
 
-def cells_per_hour(study, tmp: Path, workers: int, threads: int) -> dict:
+def cells_per_hour(study, tmp: Path, workers: int, threads: int, pin: bool = True) -> dict:
     from jetscan.core.study import Study
     from jetscan.jobs.scan import scan
 
-    copy = tmp / f"w{workers}t{threads}.zarr"
+    copy = tmp / f"w{workers}t{threads}{'' if pin else 'u'}.zarr"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(study.store, copy, ignore=shutil.ignore_patterns("_runs", "_results", "results", "_scan"))
     data = study.model_dump(mode="json")
@@ -85,11 +88,13 @@ def cells_per_hour(study, tmp: Path, workers: int, threads: int) -> dict:
     s = Study.from_dict(data)
     marks: list[float] = []
     t0 = time.perf_counter()
-    out = scan(s, "bench", workers=workers, threads=threads, echo=lambda msg: marks.append(time.perf_counter()))
+    out = scan(s, "bench", workers=workers, threads=threads, pin_cores=pin,
+               echo=lambda msg: marks.append(time.perf_counter()))
     wall = time.perf_counter() - t0
     assert not out["failed"], out["failed"]
     loop = marks[-1] - marks[0]  # first echo: workers up and warm, graph submitted; last: last task done
-    return {"workers": workers, "threads_per_worker": threads, "cells": out["cells"],
+    shutil.rmtree(copy, ignore_errors=True)
+    return {"workers": workers, "threads_per_worker": threads, "pinned": pin and workers > 1, "cells": out["cells"],
             "wall_s": wall, "loop_s": loop, "cells_per_hour_wall": 3600 * out["cells"] / wall,
             "cells_per_hour_loop": 3600 * out["cells"] / loop}
 
@@ -137,11 +142,60 @@ def aggregation(tmp: Path, cells: int, jets: int, n_boot: int, workers: int, rep
             got = dask_run(client)
             times["dask"].append(time.perf_counter() - t)
         same = all(np.allclose(a[0], b[0]) for a, b in zip(ref, got))
-    return {"cells": cells, "jets": jets, "n_boot": n_boot, "workers": workers, "cluster_startup_s": startup,
+    return {"cells": cells, "jets": jets, "n_boot": n_boot, "workers": workers, "pinned": True, "cluster_startup_s": startup,
             "numpy_s": times["numpy"], "dask_s": times["dask"], "same_curves": bool(same),
             "ratio_cold": times["numpy"][0] / times["dask"][0],
             "ratio_warm": float(np.median(times["numpy"][1:]) / np.median(times["dask"][1:])) if repeat else None,
             "ratio_with_startup": times["numpy"][0] / (times["dask"][0] + startup)}
+
+
+def _median_range(xs: list[float]) -> str:
+    import statistics
+
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def cells_part(study, tmp: Path, workers: int, rounds: int) -> dict:
+    """Cells per hour, every side once per round (the order alternating between rounds); ratios
+    within a round. Sides: 1 worker with every core as torch threads ("same cores"), 1 worker
+    with cores // N threads on cores // N cores ("equal cores per worker", the issue's ratio),
+    N workers with cores // N threads each, pinned (the default) and left to the OS scheduler."""
+    import statistics
+
+    cores = os.cpu_count() or 1
+    per = max(1, cores // workers)
+    sides = {"1w_all": (1, cores, True), "1w_per": (1, per, True), "Nw": (workers, per, True),
+             "Nw_unpinned": (workers, per, False)}
+    if per == cores:
+        sides.pop("1w_per")
+    runs = []
+    for r in range(rounds):
+        got = {}
+        for key in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            n, threads, pin = sides[key]
+            with _common.on_cores(per if key == "1w_per" else cores):  # 1 worker on one worker's share of the cores
+                got[key] = cells_per_hour(study, tmp, n, threads, pin)
+            print(f"round {r}, {key}: {n} worker(s) x {threads} thread(s){', pinned' if got[key]['pinned'] else ''}: "
+                  f"{got[key]['cells_per_hour_wall']:.0f} cells/hour (wall incl. cluster start-up), "
+                  f"{got[key]['cells_per_hour_loop']:.0f} (loop)", flush=True)
+        got.setdefault("1w_per", got["1w_all"])
+        runs.append(got)
+    out = {"cells": runs, "rounds": rounds}
+    for many in ("Nw", "Nw_unpinned"):
+        for key, one in (("same_cores", "1w_all"), ("equal_cores_per_worker", "1w_per")):
+            for what in ("wall", "loop"):
+                xs = [x[many][f"cells_per_hour_{what}"] / x[one][f"cells_per_hour_{what}"] for x in runs]
+                suffix = "" if many == "Nw" else "_unpinned"
+                out[f"ratio_cells_per_hour_{what}_{key}{suffix}"] = statistics.median(xs)
+                out[f"ratio_cells_per_hour_{what}_{key}{suffix}_rounds"] = xs
+    for many, label in (("Nw", "pinned (default)"), ("Nw_unpinned", "not pinned (--no-pin-cores)")):
+        suffix = "" if many == "Nw" else "_unpinned"
+        for key, what in (("equal_cores_per_worker", f"equal cores per worker ({per} thread(s) each; target >= 1.8)"),
+                          ("same_cores", f"1 worker with all {cores} cores as threads")):
+            print(f"ratio {workers} workers {label} / 1 worker, {what}: wall "
+                  f"{_median_range(out[f'ratio_cells_per_hour_wall_{key}{suffix}_rounds'])}, loop "
+                  f"{_median_range(out[f'ratio_cells_per_hour_loop_{key}{suffix}_rounds'])} (median (range) of {rounds} round(s))")
+    return out
 
 
 def main() -> None:
@@ -156,33 +210,14 @@ def main() -> None:
     p.add_argument("--boot", type=int, default=50)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--part", choices=["cells", "agg", "both"], default="both")
+    p.add_argument("--rounds", type=int, default=1, help="cells: rounds of every side, alternating their order")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scan-"))
     result = {"bench": "scan", "device": cpu_device(), "cores": os.cpu_count(), "argv": sys.argv[1:]}
     try:
         if args.part in ("cells", "both"):
             study = make_study(args.store, tmp, args.epochs, args.cells, args.jets)
-            cores = os.cpu_count() or 1
-            per = max(1, cores // args.workers)
-            # same cores: 1 worker with every core as torch threads vs N workers with cores // N each;
-            # equal cores per worker: 1 worker with cores // N threads vs the same N workers
-            one_all = cells_per_hour(study, tmp, 1, cores)
-            with _common.on_cores(per):  # the 1-worker side gets one worker's share of the cores
-                one_per = cells_per_hour(study, tmp, 1, per) if per != cores else one_all
-            many = cells_per_hour(study, tmp, args.workers, per)
-            result["cells"] = [one_all, one_per, many]
-            for key, one in (("same_cores", one_all), ("equal_cores_per_worker", one_per)):
-                result[f"ratio_cells_per_hour_wall_{key}"] = many["cells_per_hour_wall"] / one["cells_per_hour_wall"]
-                result[f"ratio_cells_per_hour_loop_{key}"] = many["cells_per_hour_loop"] / one["cells_per_hour_loop"]
-            for r in result["cells"]:
-                print(f"cells/hour: {r['workers']} worker(s) x {r['threads_per_worker']} thread(s): "
-                      f"{r['cells_per_hour_wall']:.0f} (wall incl. cluster start-up), {r['cells_per_hour_loop']:.0f} (loop)")
-            print(f"ratio {args.workers} workers / 1 worker, equal cores per worker ({per} thread(s) each): wall "
-                  f"{result['ratio_cells_per_hour_wall_equal_cores_per_worker']:.2f}, loop "
-                  f"{result['ratio_cells_per_hour_loop_equal_cores_per_worker']:.2f} (target >= 1.8)")
-            print(f"ratio {args.workers} workers / 1 worker with all {cores} cores as threads: wall "
-                  f"{result['ratio_cells_per_hour_wall_same_cores']:.2f}, loop "
-                  f"{result['ratio_cells_per_hour_loop_same_cores']:.2f}")
+            result.update(cells_part(study, tmp, args.workers, args.rounds))
         if args.part in ("agg", "both"):
             agg = aggregation(tmp, args.agg_cells, args.agg_jets, args.boot, args.workers, args.repeat)
             result["aggregation"] = agg

@@ -11,6 +11,9 @@ autoencoder, a grid over its bottleneck so that every trial is a distinct, equal
   Optuna storage, training, evaluation, results written), and the span from the first trial's
   start to the last trial's end (without start-up). Issue target: ratio >= 1.8 for N = 2; use
   trials long against a worker's start-up (``--epochs``, ``--trials``), as in a real search.
+  The N workers run pinned to their own cores (the default) and once more left to the OS
+  scheduler (``pin_cores=False``); every side runs once per round (``--rounds``), the order
+  alternating between rounds, and the ratios are taken within a round: median and range.
 - **harness overhead**: one search trial (``search(..., trials=1)``, in-process) against the
   same work done bare, as ``jetscan train`` and ``jetscan evaluate`` do it (``train()`` then
   ``evaluation_for`` + ``summarise`` + ``write_run``, no report), in the same warm process;
@@ -22,7 +25,7 @@ autoencoder, a grid over its bottleneck so that every trial is a distinct, equal
   that call's wall time is the harness (Optuna storage and study, trial bookkeeping, checks).
 
     python benchmarks/search.py --store out/quickstart.zarr [--model dense_ae] [--epochs 3]
-        [--trials 4] [--workers 2] [--repeat 2]
+        [--trials 4] [--workers 2] [--repeat 2] [--rounds 1]
 
 The store must hold a ``qcd`` sample (``out/quickstart.zarr`` after ``make demo``); it is
 copied, never modified. Appends one JSON line to ``benchmarks/results.jsonl``.
@@ -119,6 +122,38 @@ def timed_search(study: Study, cores: int) -> tuple[float, dict]:
     return seconds, summary
 
 
+def _median(xs: list[float]) -> float:
+    import statistics
+
+    return statistics.median(xs)
+
+
+def _mr(xs: list[float]) -> str:
+    return f"{_median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def throughput(src, base, tmp, args, key, r, n, threads, pin, per, cores) -> dict:
+    """One search of the grid on a fresh copy of the store: ``n`` worker processes of ``threads``
+    torch threads; the 1-worker side with equal cores runs on ``per`` cores."""
+    from jetscan.jobs.search import _load, default_storage, open_storage, search
+
+    s = make_study(src, fresh_store(base, tmp, f"{key}-{r}"), args.model, args.epochs, args.trials, threads)
+    with on_cores(per if key == "1w_per" else cores):
+        t0 = time.perf_counter()
+        summary = search(s, "grid", workers=n, threads=threads, spawn=True, pin_cores=pin)  # processes on every side
+        seconds = time.perf_counter() - t0
+    done = summary["counts"]["COMPLETE"]
+    trials = [t for t in _load(s, "grid", open_storage(default_storage(s, "grid"), s.search["grid"])).get_trials()
+              if t.state.name == "COMPLETE"]
+    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    out = {"workers": n, "threads": threads, "pinned": pin and n > 1, "seconds": seconds, "complete": done,
+           "trials_per_hour": 3600.0 * done / seconds, "trial_span_s": span, "trials_per_hour_span": 3600.0 * done / span}
+    print(f"round {r}, {key}: {n} worker(s), {threads} torch thread(s) each{', pinned' if out['pinned'] else ''}: {done} "
+          f"trials in {seconds:.1f} s wall incl. worker start-up = {out['trials_per_hour']:.0f} trials/hour; first trial "
+          f"start to last trial end {span:.1f} s = {out['trials_per_hour_span']:.0f} trials/hour", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", required=True, help="a generated store with a qcd sample (copied, never modified)")
@@ -127,9 +162,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4, help="trials per throughput measurement")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="overhead: pairs measured after the cold pair")
+    ap.add_argument("--rounds", type=int, default=1, help="throughput: rounds of every side, alternating their order")
     args = ap.parse_args()
 
-    from jetscan.jobs.search import _load, default_storage, open_storage, search, trial_run_name
+    from jetscan.jobs.search import trial_run_name
 
     cores = os.cpu_count() or 1
     src = store_study(args.store, "bench-search")
@@ -165,40 +201,38 @@ def main() -> None:
     #                 (what a user of this machine chooses between);
     #  "per worker":  1 worker with cores // N threads vs N workers with cores // N threads each
     #                 (each worker has equal cores: how the harness scales with workers).
-    rates = {}
+    #  and the N workers once more left to the OS scheduler (--no-pin-cores), for what pinning gives.
+    # Every side once per round, the order alternating between rounds; ratios within a round.
     per = max(1, cores // args.workers)
-    sides = {"1w_all": (1, cores), "1w_per": (1, per), "Nw": (args.workers, per)}
-    for key, (n, threads) in sides.items():
-        if key == "1w_per" and threads == cores:
-            rates[key] = rates["1w_all"]
-            continue
-        s = make_study(src, fresh_store(base, tmp, f"{key}"), args.model, args.epochs, args.trials, threads)
-        # equal cores per worker: the 1-worker side (and its decode process) runs on one worker's share
-        with on_cores(per if key == "1w_per" else cores):
-            t0 = time.perf_counter()
-            summary = search(s, "grid", workers=n, threads=threads, spawn=True)  # processes on every side
-            seconds = time.perf_counter() - t0
-        done = summary["counts"]["COMPLETE"]
-        trials = [t for t in _load(s, "grid", open_storage(default_storage(s, "grid"), s.search["grid"])).get_trials()
-                  if t.state.name == "COMPLETE"]
-        span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-        rates[key] = {"workers": n, "threads": threads, "seconds": seconds, "complete": done,
-                      "trials_per_hour": 3600.0 * done / seconds,
-                      "trial_span_s": span, "trials_per_hour_span": 3600.0 * done / span}
-        print(f"{n} worker(s), {threads} torch thread(s) each: {done} trials in {seconds:.1f} s wall incl. "
-              f"worker start-up = {rates[key]['trials_per_hour']:.0f} trials/hour; first trial start to last trial end "
-              f"{span:.1f} s = {rates[key]['trials_per_hour_span']:.0f} trials/hour")
-    ratio = rates["Nw"]["trials_per_hour"] / rates["1w_all"]["trials_per_hour"]
-    ratio_span = rates["Nw"]["trials_per_hour_span"] / rates["1w_all"]["trials_per_hour_span"]
-    ratio_per = rates["Nw"]["trials_per_hour"] / rates["1w_per"]["trials_per_hour"]
-    ratio_per_span = rates["Nw"]["trials_per_hour_span"] / rates["1w_per"]["trials_per_hour_span"]
+    sides = {"1w_all": (1, cores, True), "1w_per": (1, per, True), "Nw": (args.workers, per, True),
+             "Nw_unpinned": (args.workers, per, False)}
+    if per == cores:
+        sides.pop("1w_per")
+    rounds = []
+    for r in range(args.rounds):
+        rates = {}
+        for key in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            n, threads, pin = sides[key]
+            rates[key] = throughput(src, base, tmp, args, key, r, n, threads, pin, per, cores)
+        rates.setdefault("1w_per", rates["1w_all"])
+        rounds.append(rates)
+    def ratios(num: str, den: str, what: str) -> list[float]:
+        return [x[num][what] / x[den][what] for x in rounds]
+
+    ratio, ratio_span = ratios("Nw", "1w_all", "trials_per_hour"), ratios("Nw", "1w_all", "trials_per_hour_span")
+    ratio_per, ratio_per_span = ratios("Nw", "1w_per", "trials_per_hour"), ratios("Nw", "1w_per", "trials_per_hour_span")
+    unpinned_per = ratios("Nw_unpinned", "1w_per", "trials_per_hour")
+    unpinned_per_span = ratios("Nw_unpinned", "1w_per", "trials_per_hour_span")
     repeated = [p["overhead"] for p in pairs[1:]] or [pairs[0]["overhead"]]
     load = os.getloadavg()[0]
-    print(f"ratio trials/hour {args.workers} workers / 1 worker = {ratio:.2f}  ({args.model}, {args.epochs} epochs, "
-          f"{args.trials} trials, {cores} cores; target >= 1.8 for 2; wall time incl. worker start-up)")
-    print(f"ratio trials/hour {args.workers} workers / 1 worker = {ratio_span:.2f}  (trial span: without worker start-up)")
+    print(f"ratios over {args.rounds} round(s): median (range); {args.model}, {args.epochs} epochs, {args.trials} trials, "
+          f"{cores} cores; wall time incl. worker start-up, trial span without it")
     print(f"ratio trials/hour {args.workers} workers / 1 worker with equal cores per worker ({per} thread(s) each) = "
-          f"{ratio_per:.2f} wall, {ratio_per_span:.2f} trial span  (how the harness scales with workers)")
+          f"{_mr(ratio_per)} wall, {_mr(ratio_per_span)} trial span  (how the harness scales with workers; "
+          f"target >= 1.8 for 2)")
+    print(f"  the same, workers not pinned to cores (--no-pin-cores): {_mr(unpinned_per)} wall, {_mr(unpinned_per_span)} span")
+    print(f"ratio trials/hour {args.workers} workers / 1 worker with all {cores} cores as threads = {_mr(ratio)} wall, "
+          f"{_mr(ratio_span)} span")
     print(f"harness overhead = {100 * pairs[0]['overhead']:.1f}% cold, {100 * min(repeated):.1f}-{100 * max(repeated):.1f}% "
           f"repeated, of one trial's wall time, search vs bare calls (target <= 5%)")
     within = [p["harness_within_call"] for p in pairs]
@@ -209,8 +243,14 @@ def main() -> None:
         print(f"note: load average {load:.1f} on {cores} cores: the machine is shared, timings are disturbed")
     append_result({
         "bench": "search", "device": cpu_device(), "model": args.model, "epochs": args.epochs, "trials": args.trials,
-        "workers": args.workers, "throughput": rates, "ratio_trials_per_hour": ratio, "ratio_trial_span": ratio_span,
-        "ratio_equal_cores_per_worker": ratio_per, "ratio_equal_cores_per_worker_span": ratio_per_span, "overhead": pairs,
+        "workers": args.workers, "rounds": args.rounds, "throughput": rounds,
+        "ratio_trials_per_hour": _median(ratio), "ratio_trial_span": _median(ratio_span),
+        "ratio_equal_cores_per_worker": _median(ratio_per), "ratio_equal_cores_per_worker_span": _median(ratio_per_span),
+        "ratio_equal_cores_per_worker_rounds": ratio_per, "ratio_equal_cores_per_worker_span_rounds": ratio_per_span,
+        "ratio_equal_cores_per_worker_unpinned": _median(unpinned_per),
+        "ratio_equal_cores_per_worker_unpinned_span": _median(unpinned_per_span),
+        "ratio_equal_cores_per_worker_unpinned_rounds": unpinned_per,
+        "ratio_equal_cores_per_worker_unpinned_span_rounds": unpinned_per_span, "overhead": pairs,
         "overhead_cold": pairs[0]["overhead"], "overhead_repeated_max": max(repeated),
         "harness_within_call_cold": pairs[0]["harness_within_call"],
         "harness_within_call_repeated_max": max(p["harness_within_call"] for p in pairs[1:] or pairs),

@@ -4,7 +4,9 @@ The runner is handed the callables to run (it never imports a job). :func:`open_
 makes the client:
 
 - default: ``distributed.LocalCluster`` of ``workers`` processes, one thread each (torch and
-  Pythia hold the GIL in places), bound to 127.0.0.1, no dashboard;
+  Pythia hold the GIL in places), bound to 127.0.0.1, no dashboard; each worker runs on its own
+  block of this process's CPUs when there are enough for its tasks' threads
+  (:func:`jetscan.cluster.local.core_sets`);
 - ``scheduler="tcp://host:port"``: an existing scheduler (``dask scheduler`` + ``dask worker``s);
 - ``cluster="slurm"``: dask-jobqueue's ``SLURMCluster``, one Slurm job per worker
   (:func:`slurm_job_script` is what ``--dry-run`` prints).
@@ -30,6 +32,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from jetscan.cluster.local import core_sets
 from jetscan.core.errors import ConfigError, RunnerError
 
 __all__ = ["Task", "open_client", "check_client_options", "slurm_cluster_kwargs", "slurm_job_script", "run_graph"]
@@ -107,10 +112,13 @@ def _wait_for_a_worker(client, timeout_s: float, where: str, hint: str) -> None:
 def open_client(
     *, workers: int = 1, scheduler: str | None = None, cluster: str | None = None,
     slurm: dict | None = None, timeout_s: float = 120.0, worker_timeout_s: float = WORKER_TIMEOUT_S,
+    threads_each: int = 1, pin_cores: bool = True,
 ) -> Iterator[Any]:
     """A ``distributed.Client``; the cluster it made (if any) is closed on exit. ``timeout_s``:
     connecting to the scheduler; ``worker_timeout_s``: waiting for the first worker of an existing
-    scheduler or of Slurm jobs (work starts with one; the rest join as their jobs start)."""
+    scheduler or of Slurm jobs (work starts with one; the rest join as their jobs start).
+    ``threads_each``: compute threads of each task (torch's); with ``pin_cores``, a local
+    cluster's workers each get their own block of CPUs if there are enough for that many each."""
     from distributed import Client, LocalCluster
 
     check_client_options(workers=workers, scheduler=scheduler, cluster=cluster, worker_timeout_s=worker_timeout_s)
@@ -142,6 +150,9 @@ def open_client(
     try:
         client = Client(made, timeout=timeout_s)
         try:
+            sets = core_sets(workers, threads_each) if cluster is None and pin_cores else None
+            if sets is not None:  # also pins a worker that LocalCluster's nanny starts again
+                client.register_plugin(PinToCores(sets))
             if cluster == "slurm":
                 _wait_for_a_worker(client, worker_timeout_s, f"--cluster slurm ({workers} job(s) submitted)",
                                    "the jobs may still be queued, or have failed: see squeue and their logs")
@@ -157,6 +168,39 @@ def open_client(
 #: thread's stack, only slows the cells down. Users who want it set it back in their dask config
 #: for a scheduler of their own (--scheduler).
 _QUIET_WORKERS = {"distributed.worker.profile.enabled": False}
+
+
+class PinToCores(WorkerPlugin):
+    """Runs every thread of local worker ``i`` (LocalCluster names its workers 0, 1, ...) on
+    the CPUs ``sets[i]``; threads started later inherit it."""
+
+    name = "jetscan-pin-cores"
+
+    def __init__(self, sets: list[list[int]]):
+        self.sets = sets
+
+    def setup(self, worker) -> None:
+        try:
+            i = int(worker.name)
+        except (TypeError, ValueError):
+            return  # not one of a LocalCluster's workers
+        pin_process(self.sets[i % len(self.sets)])
+
+
+def pin_process(cpus) -> None:
+    """Run every thread of this process on ``cpus`` (``os.sched_setaffinity(0, ...)`` sets only the
+    calling thread's)."""
+    import os
+
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, set(cpus))
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
 
 
 def _worker_environ() -> dict:

@@ -41,7 +41,6 @@ completes; the command then exits non-zero naming the failed cells.
 from __future__ import annotations
 
 import io
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -409,12 +408,15 @@ def aggregate(study: Study, name: str, plan: dict, client=None) -> dict:
 
 def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = None, cluster: str | None = None,
          slurm: dict | None = None, report_dir: Path | None = None, echo=None, threads: int | None = None,
-         worker_timeout_s: float | None = None) -> dict:
+         worker_timeout_s: float | None = None, pin_cores: bool = True) -> dict:
     """Run (or resume) the scan; returns {"outcomes", "failed", "table", "bands", "roc", "report"?}.
     ``threads``: torch threads per task (default: this machine's cores / ``workers`` on a local
     cluster, else 1). ``worker_timeout_s``: how long to wait for the first worker of an existing
-    scheduler or of Slurm jobs (default :data:`jetscan.cluster.dask.WORKER_TIMEOUT_S`)."""
+    scheduler or of Slurm jobs (default :data:`jetscan.cluster.dask.WORKER_TIMEOUT_S`).
+    ``pin_cores``: a local cluster's workers each run on their own block of CPUs (when there are
+    ``threads`` for each)."""
     from jetscan.cluster.dask import WORKER_TIMEOUT_S, Task, check_client_options, open_client, run_graph
+    from jetscan.cluster.local import usable_cpus
     from jetscan.storage import blobs
 
     worker_timeout_s = WORKER_TIMEOUT_S if worker_timeout_s is None else worker_timeout_s
@@ -423,7 +425,7 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
     echo = echo or (lambda *_: None)
     blobs.use_storage_options(study.store, study.storage_options)
     if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // workers) if scheduler is None and cluster is None else 1
+        threads = max(1, len(usable_cpus()) // workers) if scheduler is None and cluster is None else 1
     plan = plan_scan(study, name, threads=threads)
     cfg = plan["config"]
     todo = _prepare_samples(plan)
@@ -448,7 +450,7 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
     tasks = [Task(t.key, t.fn, t.args, t.kwargs, tuple(d for d in t.deps if d in {x.key for x in tasks})) for t in tasks]
     t0 = time.perf_counter()
     with open_client(workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm,
-                     worker_timeout_s=worker_timeout_s) as client:
+                     worker_timeout_s=worker_timeout_s, threads_each=threads, pin_cores=pin_cores) as client:
         if tasks:  # every worker imports the training stack at once (~5 s each), before the first task
             client.run(_warm_worker)
         echo(f"scan {name}: {len(plan['cells'])} cells ({len(done)} done before), {len(tasks)} tasks to run "
@@ -649,6 +651,10 @@ def add_commands(app) -> None:
             WORKER_TIMEOUT_S, "--worker-timeout", help="seconds to wait for the first worker (--cluster slurm / --scheduler); "
                                              "work starts with one, the others join as their jobs start"),
         report: Optional[Path] = typer.Option(None, "--report", help="report folder (default: beside the store)"),
+        pin_cores: bool = typer.Option(
+            True, "--pin-cores/--no-pin-cores",
+            help="local workers each run on their own block of this machine's CPUs (when there are enough)",
+        ),
     ) -> None:
         """Contamination / systematics grid on Dask: cells are real runs, trained, evaluated, aggregated."""
         from rich.console import Console
@@ -666,7 +672,7 @@ def add_commands(app) -> None:
         console = Console(stderr=True)
         out = report or _report_dir(study)
         summary = scan(study, name, workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm,
-                       report_dir=out, echo=console.print, worker_timeout_s=worker_timeout)
+                       report_dir=out, echo=console.print, worker_timeout_s=worker_timeout, pin_cores=pin_cores)
         console.print(f"scan {name}: {summary['cells']} cells, {summary['reused']} reused, "
                       f"{len(summary['failed'])} task(s) failed; table {SCAN_DIR}/{name}.parquet in the store")
         if "report" in summary:

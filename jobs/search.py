@@ -400,6 +400,19 @@ def _worker_tag() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _cpus_tag() -> str:
+    """The CPUs this worker may run on, as ``taskset`` writes them (``0-3,8``)."""
+    from jetscan.cluster.local import usable_cpus
+
+    cpus, parts = usable_cpus(), []
+    for c in cpus:
+        if parts and parts[-1][1] == c - 1:
+            parts[-1][1] = c
+        else:
+            parts.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
 def worker(
     study: Study,
     name: str,
@@ -437,6 +450,7 @@ def worker(
 
     def objective(trial) -> Any:
         trial.set_user_attr("worker", _worker_tag())
+        trial.set_user_attr("cpus", _cpus_tag())
         trial.set_user_attr("session", session)
         params = {path: _suggest(trial, path, spec) for path, spec in params_of.items()}
         others = [t for t in ostudy.get_trials(deepcopy=False) if t.number != trial.number]
@@ -588,7 +602,9 @@ def _wait_for_heartbeats(ostudy, cfg: SearchConfig) -> None:
 
 
 def _threads_each(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+    from jetscan.cluster.local import usable_cpus
+
+    return max(1, len(usable_cpus()) // workers)
 
 
 def _ray_worker(task: dict) -> dict:
@@ -610,11 +626,14 @@ def search(
     threads: int | None = None,
     max_rounds: int = 5,
     spawn: bool = False,
+    pin_cores: bool = True,
 ) -> dict:
     """Run (or finish) search ``name`` of ``study``: create the Optuna study once, recover dead
     workers' trials, run ``workers`` workers (here, as processes, or Ray tasks with ``address``)
     until ``trials`` trials are complete, keep the best weights and write the report. One local worker
-    runs in this process unless ``spawn`` (then it is a process, like N workers)."""
+    runs in this process unless ``spawn`` (then it is a process, like N workers). Local worker
+    processes each run on their own block of this process's CPUs when there are enough for
+    ``threads`` each (``pin_cores``, :func:`jetscan.cluster.local.core_sets`)."""
     import optuna
 
     cfg = search_config(study, name)  # objectives checked as the study loaded (Study._searches, with data.splits)
@@ -666,7 +685,7 @@ def search(
             elif n == 1 and not spawn:
                 worker(study, name, url, trials=target, worker_index=rounds, threads=threads, session=session)
             else:
-                from jetscan.cluster.local import run_processes
+                from jetscan.cluster.local import core_sets, run_processes
 
                 if study_path is None:
                     tmp = tmp or tempfile.mkdtemp(prefix="jetscan-search-")
@@ -675,7 +694,8 @@ def search(
                 argv = [sys.executable, "-m", "jetscan.jobs.cli", "search-worker", str(study_path), name,
                         "--storage", url, "--trials", str(target), "--threads", str(threads), "--session", session]
                 env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-                failed = run_processes([[*argv, "--worker-index", str(rounds * n + i)] for i in range(n)], env=env)
+                failed = run_processes([[*argv, "--worker-index", str(rounds * n + i)] for i in range(n)], env=env,
+                                       cpus=core_sets(n, threads) if pin_cores else None)
                 for line in failed:
                     print(f"search {name!r}: {line}; its trial is retried", file=sys.stderr)
             rounds += 1
@@ -963,6 +983,10 @@ def add_commands(app) -> None:
             None, "--storage", help="Optuna storage: a journal file path (default <store>/_search/NAME.journal) or postgresql://..."
         ),
         report: Optional[Path] = typer.Option(None, "--report", help="report folder (default: beside the store)"),
+        pin_cores: bool = typer.Option(
+            True, "--pin-cores/--no-pin-cores",
+            help="local workers each run on their own block of this machine's CPUs (when there are enough)",
+        ),
     ) -> None:
         """Hyper-parameter search over one run: trials are real runs, trained, evaluated and stored."""
         from rich.console import Console
@@ -971,7 +995,7 @@ def add_commands(app) -> None:
         search_config(study, name)
         out = report or report_dir_for(study)
         summary = search(study, name, trials=trials, workers=workers, address=address, storage=storage,
-                         report_dir=out, study_path=study_path)
+                         report_dir=out, study_path=study_path, pin_cores=pin_cores)
         console = Console(stderr=True)
         c = summary["counts"]
         console.print(f"search {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed "

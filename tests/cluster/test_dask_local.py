@@ -27,3 +27,35 @@ def test_local_workers_run_without_the_profiler_and_dasks_malloc_trim():
     assert len(got) == 2 and len({s["pid"] for s in got.values()} | {os.getpid()}) == 3  # worker processes
     assert all(s["profile"] is False and s["malloc_trim"] is None for s in got.values()), got
     assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's config is untouched
+
+
+def _affinities():
+    return {"tids": {int(t): sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")},
+            "pid": os.getpid()}
+
+
+def _task_cpus(_):
+    return sorted(os.sched_getaffinity(0))  # the executor thread running a task
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable CPUs")
+def test_local_workers_each_run_on_their_own_cpus_unless_told_not_to():
+    """Two workers of one thread each on 2+ CPUs: every thread of each worker process (and the
+    thread running its tasks) is on one block of CPUs, the blocks disjoint; --no-pin-cores
+    leaves them on every CPU."""
+    from jetscan.cluster.dask import open_client
+    from jetscan.cluster.local import core_sets
+
+    every = sorted(os.sched_getaffinity(0))
+    with open_client(workers=2, threads_each=1) as client:
+        threads = client.run(_affinities)
+        tasks = {addr: client.submit(_task_cpus, addr, workers=[addr], pure=False).result() for addr in threads}
+    blocks = {addr: {tuple(c) for c in got["tids"].values()} for addr, got in threads.items()}
+    assert all(len(b) == 1 for b in blocks.values()), blocks  # all of a worker's threads alike
+    pinned = sorted(list(next(iter(b))) for b in blocks.values())
+    assert pinned == core_sets(2, 1), pinned
+    assert all([cpus] == [list(next(iter(blocks[addr])))] for addr, cpus in tasks.items()), (tasks, blocks)
+    with open_client(workers=2, threads_each=1, pin_cores=False) as client:
+        threads = client.run(_affinities)
+    assert all(c == every for got in threads.values() for c in got["tids"].values()), threads
+    assert sorted(os.sched_getaffinity(0)) == every  # this process is never pinned

@@ -151,6 +151,9 @@ def test_two_workers_share_one_journal_and_never_run_a_grid_point_twice(study):
     assert sorted(t.params["hyper.bottleneck"] for t in done) == [1, 2, 3, 4, 5, 6]
     workers = {t.user_attrs["worker"] for t in done}
     assert len(workers) == 2 and str(os.getpid()) not in " ".join(workers)  # two worker processes did them
+    if len(os.sched_getaffinity(0)) >= 2:  # each worker on its own CPUs (cluster.local.core_sets)
+        cpus = {t.user_attrs["worker"]: t.user_attrs["cpus"] for t in done}
+        assert len(set(cpus.values())) == 2, cpus
     assert summary["counts"]["COMPLETE"] == 6
     # every trial that ran (whatever its end) ran its own point; the others were skipped as duplicates
     ran = [t for t in trials if "skipped" not in t.user_attrs]
