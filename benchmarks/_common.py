@@ -139,18 +139,10 @@ def on_cores(n: int):
     if n >= len(cores):
         yield cores
         return
-    want = set(cores[:n])
-    tids = [int(t) for t in os.listdir("/proc/self/task")]
-    for tid in tids:
-        try:
-            os.sched_setaffinity(tid, want)
-        except OSError:
-            pass
+    from jetscan.cluster.local import pin_threads
+
+    pin_threads(cores[:n])
     try:
-        yield sorted(want)
+        yield cores[:n]
     finally:
-        for t in os.listdir("/proc/self/task"):
-            try:
-                os.sched_setaffinity(int(t), set(cores))
-            except OSError:
-                pass
+        pin_threads(cores)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from jetscan.cluster.local import core_sets
+from jetscan.cluster.local import core_sets, pin_threads
 from jetscan.core.errors import ConfigError, RunnerError
 
 __all__ = ["Task", "open_client", "check_client_options", "slurm_cluster_kwargs", "slurm_job_script", "run_graph"]
@@ -184,23 +184,7 @@ class PinToCores(WorkerPlugin):
             i = int(worker.name)
         except (TypeError, ValueError):
             return  # not one of a LocalCluster's workers
-        pin_process(self.sets[i % len(self.sets)])
-
-
-def pin_process(cpus) -> None:
-    """Run every thread of this process on ``cpus`` (``os.sched_setaffinity(0, ...)`` sets only the
-    calling thread's)."""
-    import os
-
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [0]
-    for tid in tids:
-        try:
-            os.sched_setaffinity(tid, set(cpus))
-        except (ProcessLookupError, PermissionError):
-            pass  # a thread that ended meanwhile
+        pin_threads(self.sets[i % len(self.sets)])
 
 
 def _worker_environ() -> dict:

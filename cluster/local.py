@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Collection, Sequence
 
-__all__ = ["run_local", "run_tasks", "run_processes", "core_sets", "usable_cpus"]
+__all__ = ["run_local", "run_tasks", "run_processes", "core_sets", "usable_cpus", "pin_threads"]
 
 
 def usable_cpus() -> list[int]:
@@ -18,6 +18,22 @@ def usable_cpus() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
+
+
+def pin_threads(cpus) -> None:
+    """Run every thread of this process on ``cpus`` (``os.sched_setaffinity(0, ...)`` sets only the
+    calling thread's); threads started later inherit their starter's."""
+    import os
+
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, set(cpus))
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
 
 
 def core_sets(workers: int, threads: int, cpus: Sequence[int] | None = None) -> list[list[int]] | None:
