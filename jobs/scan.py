@@ -410,8 +410,8 @@ def scan(study: Study, name: str, *, workers: int = 1, scheduler: str | None = N
          slurm: dict | None = None, report_dir: Path | None = None, echo=None, threads: int | None = None,
          worker_timeout_s: float | None = None, pin_cores: bool = True) -> dict:
     """Run (or resume) the scan; returns {"outcomes", "failed", "table", "bands", "roc", "report"?}.
-    ``threads``: torch threads per task (default: this machine's cores / ``workers`` on a local
-    cluster, else 1). ``worker_timeout_s``: how long to wait for the first worker of an existing
+    ``threads``: torch threads per task (default: the CPUs this process may use / ``workers`` on a
+    local cluster, else 1). ``worker_timeout_s``: how long to wait for the first worker of an existing
     scheduler or of Slurm jobs (default :data:`jetscan.cluster.dask.WORKER_TIMEOUT_S`).
     ``pin_cores``: a local cluster's workers each run on their own block of CPUs (when there are
     ``threads`` for each)."""
