@@ -127,6 +127,13 @@ def store_study(store: str, name: str) -> dict:
             "preprocess": {"representations": ["heimel40"]}}
 
 
+def median_range(xs) -> str:
+    """``median (min-max)`` of per-round ratios, two decimals (one value: just it)."""
+    import statistics
+
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
 @contextlib.contextmanager
 def on_cores(n: int):
     """Run the block, and every process it starts, on the first ``n`` cores of this machine

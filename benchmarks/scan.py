@@ -153,12 +153,6 @@ def aggregation(tmp: Path, cells: int, jets: int, n_boot: int, workers: int, rep
             "ratio_with_startup": times["numpy"][0] / (times["dask"][0] + startup)}
 
 
-def _median_range(xs: list[float]) -> str:
-    import statistics
-
-    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}"
-
-
 def cells_part(study, tmp: Path, workers: int, rounds: int) -> dict:
     """Cells per hour, every side once per round (the order alternating between rounds); ratios
     within a round. Sides: 1 worker with every core as torch threads ("same cores"), 1 worker
@@ -197,8 +191,8 @@ def cells_part(study, tmp: Path, workers: int, rounds: int) -> dict:
         for key, what in (("equal_cores_per_worker", f"equal cores per worker ({per} thread(s) each; target >= 1.8)"),
                           ("same_cores", f"1 worker with all {cores} cores as threads")):
             print(f"ratio {workers} workers {label} / 1 worker, {what}: wall "
-                  f"{_median_range(out[f'ratio_cells_per_hour_wall_{key}{suffix}_rounds'])}, loop "
-                  f"{_median_range(out[f'ratio_cells_per_hour_loop_{key}{suffix}_rounds'])} (median (range) of {rounds} round(s))")
+                  f"{_common.median_range(out[f'ratio_cells_per_hour_wall_{key}{suffix}_rounds'])}, loop "
+                  f"{_common.median_range(out[f'ratio_cells_per_hour_loop_{key}{suffix}_rounds'])} (median (range) of {rounds} round(s))")
     return out
 
 

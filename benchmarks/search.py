@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from _common import append_result, cpu_device, on_cores
+from _common import append_result, cpu_device, median_range, on_cores
 from _common import store_study
 from jetscan.core.study import Study
 from jetscan.jobs.preprocess import preprocess
@@ -120,16 +121,6 @@ def timed_search(study: Study, cores: int) -> tuple[float, dict]:
         tr.train, ev.evaluation_for, results.summarise, results.write_run = originals
     summary["work_s"] = _WORK["s"]
     return seconds, summary
-
-
-def _median(xs: list[float]) -> float:
-    import statistics
-
-    return statistics.median(xs)
-
-
-def _mr(xs: list[float]) -> str:
-    return f"{_median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
 def throughput(src, base, tmp, args, key, r, n, threads, pin, per, cores) -> dict:
@@ -228,11 +219,11 @@ def main() -> None:
     print(f"ratios over {args.rounds} round(s): median (range); {args.model}, {args.epochs} epochs, {args.trials} trials, "
           f"{cores} cores; wall time incl. worker start-up, trial span without it")
     print(f"ratio trials/hour {args.workers} workers / 1 worker with equal cores per worker ({per} thread(s) each) = "
-          f"{_mr(ratio_per)} wall, {_mr(ratio_per_span)} trial span  (how the harness scales with workers; "
+          f"{median_range(ratio_per)} wall, {median_range(ratio_per_span)} trial span  (how the harness scales with workers; "
           f"target >= 1.8 for 2)")
-    print(f"  the same, workers not pinned to cores (--no-pin-cores): {_mr(unpinned_per)} wall, {_mr(unpinned_per_span)} span")
-    print(f"ratio trials/hour {args.workers} workers / 1 worker with all {cores} cores as threads = {_mr(ratio)} wall, "
-          f"{_mr(ratio_span)} span")
+    print(f"  the same, workers not pinned to cores (--no-pin-cores): {median_range(unpinned_per)} wall, {median_range(unpinned_per_span)} span")
+    print(f"ratio trials/hour {args.workers} workers / 1 worker with all {cores} cores as threads = {median_range(ratio)} wall, "
+          f"{median_range(ratio_span)} span")
     print(f"harness overhead = {100 * pairs[0]['overhead']:.1f}% cold, {100 * min(repeated):.1f}-{100 * max(repeated):.1f}% "
           f"repeated, of one trial's wall time, search vs bare calls (target <= 5%)")
     within = [p["harness_within_call"] for p in pairs]
@@ -244,11 +235,11 @@ def main() -> None:
     append_result({
         "bench": "search", "device": cpu_device(), "model": args.model, "epochs": args.epochs, "trials": args.trials,
         "workers": args.workers, "rounds": args.rounds, "throughput": rounds,
-        "ratio_trials_per_hour": _median(ratio), "ratio_trial_span": _median(ratio_span),
-        "ratio_equal_cores_per_worker": _median(ratio_per), "ratio_equal_cores_per_worker_span": _median(ratio_per_span),
+        "ratio_trials_per_hour": statistics.median(ratio), "ratio_trial_span": statistics.median(ratio_span),
+        "ratio_equal_cores_per_worker": statistics.median(ratio_per), "ratio_equal_cores_per_worker_span": statistics.median(ratio_per_span),
         "ratio_equal_cores_per_worker_rounds": ratio_per, "ratio_equal_cores_per_worker_span_rounds": ratio_per_span,
-        "ratio_equal_cores_per_worker_unpinned": _median(unpinned_per),
-        "ratio_equal_cores_per_worker_unpinned_span": _median(unpinned_per_span),
+        "ratio_equal_cores_per_worker_unpinned": statistics.median(unpinned_per),
+        "ratio_equal_cores_per_worker_unpinned_span": statistics.median(unpinned_per_span),
         "ratio_equal_cores_per_worker_unpinned_rounds": unpinned_per,
         "ratio_equal_cores_per_worker_unpinned_span_rounds": unpinned_per_span, "overhead": pairs,
         "overhead_cold": pairs[0]["overhead"], "overhead_repeated_max": max(repeated),
