@@ -154,30 +154,18 @@ def aggregation(tmp: Path, cells: int, jets: int, n_boot: int, workers: int, rep
 
 
 def cells_part(study, tmp: Path, workers: int, rounds: int) -> dict:
-    """Cells per hour, every side once per round (the order alternating between rounds); ratios
-    within a round. Sides: 1 worker with every core as torch threads ("same cores"), 1 worker
-    with cores // N threads on cores // N cores ("equal cores per worker", the issue's ratio),
-    N workers with cores // N threads each, pinned (the default) and left to the OS scheduler."""
+    """Cells per hour of every side of ``_common.worker_rounds``; ratios within a round, median
+    and range ("equal cores per worker": the issue's ratio)."""
     import statistics
 
-    cores = os.cpu_count() or 1
-    per = max(1, cores // workers)
-    sides = {"1w_all": (1, cores, True), "1w_per": (1, per, True), "Nw": (workers, per, True),
-             "Nw_unpinned": (workers, per, False)}
-    if per == cores:
-        sides.pop("1w_per")
-    runs = []
-    for r in range(rounds):
-        got = {}
-        for key in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            n, threads, pin = sides[key]
-            with _common.on_cores(per if key == "1w_per" else cores):  # 1 worker on one worker's share of the cores
-                got[key] = cells_per_hour(study, tmp, n, threads, pin)
-            print(f"round {r}, {key}: {n} worker(s) x {threads} thread(s){', pinned' if got[key]['pinned'] else ''}: "
-                  f"{got[key]['cells_per_hour_wall']:.0f} cells/hour (wall incl. cluster start-up), "
-                  f"{got[key]['cells_per_hour_loop']:.0f} (loop)", flush=True)
-        got.setdefault("1w_per", got["1w_all"])
-        runs.append(got)
+    def measure(key, r, n, threads, pin):
+        got = cells_per_hour(study, tmp, n, threads, pin)
+        print(f"round {r}, {key}: {n} worker(s) x {threads} thread(s){', pinned' if got['pinned'] else ''}: "
+              f"{got['cells_per_hour_wall']:.0f} cells/hour (wall incl. cluster start-up), "
+              f"{got['cells_per_hour_loop']:.0f} (loop)", flush=True)
+        return got
+
+    runs, per, cores = _common.worker_rounds(workers, rounds, measure)
     out = {"cells": runs, "rounds": rounds}
     for many in ("Nw", "Nw_unpinned"):
         for key, one in (("same_cores", "1w_all"), ("equal_cores_per_worker", "1w_per")):

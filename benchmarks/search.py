@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import append_result, cpu_device, median_range, on_cores
+from _common import append_result, cpu_device, median_range, worker_rounds
 from _common import store_study
 from jetscan.core.study import Study
 from jetscan.jobs.preprocess import preprocess
@@ -123,16 +123,15 @@ def timed_search(study: Study, cores: int) -> tuple[float, dict]:
     return seconds, summary
 
 
-def throughput(src, base, tmp, args, key, r, n, threads, pin, per, cores) -> dict:
+def throughput(src, base, tmp, args, key, r, n, threads, pin) -> dict:
     """One search of the grid on a fresh copy of the store: ``n`` worker processes of ``threads``
-    torch threads; the 1-worker side with equal cores runs on ``per`` cores."""
+    torch threads each (pinned to their own cores with ``pin``)."""
     from jetscan.jobs.search import _load, default_storage, open_storage, search
 
     s = make_study(src, fresh_store(base, tmp, f"{key}-{r}"), args.model, args.epochs, args.trials, threads)
-    with on_cores(per if key == "1w_per" else cores):
-        t0 = time.perf_counter()
-        summary = search(s, "grid", workers=n, threads=threads, spawn=True, pin_cores=pin)  # processes on every side
-        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary = search(s, "grid", workers=n, threads=threads, spawn=True, pin_cores=pin)  # processes on every side
+    seconds = time.perf_counter() - t0
     done = summary["counts"]["COMPLETE"]
     trials = [t for t in _load(s, "grid", open_storage(default_storage(s, "grid"), s.search["grid"])).get_trials()
               if t.state.name == "COMPLETE"]
@@ -194,19 +193,9 @@ def main() -> None:
     #                 (each worker has equal cores: how the harness scales with workers).
     #  and the N workers once more left to the OS scheduler (--no-pin-cores), for what pinning gives.
     # Every side once per round, the order alternating between rounds; ratios within a round.
-    per = max(1, cores // args.workers)
-    sides = {"1w_all": (1, cores, True), "1w_per": (1, per, True), "Nw": (args.workers, per, True),
-             "Nw_unpinned": (args.workers, per, False)}
-    if per == cores:
-        sides.pop("1w_per")
-    rounds = []
-    for r in range(args.rounds):
-        rates = {}
-        for key in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            n, threads, pin = sides[key]
-            rates[key] = throughput(src, base, tmp, args, key, r, n, threads, pin, per, cores)
-        rates.setdefault("1w_per", rates["1w_all"])
-        rounds.append(rates)
+    rounds, per, cores = worker_rounds(
+        args.workers, args.rounds, lambda key, r, n, threads, pin: throughput(src, base, tmp, args, key, r, n, threads, pin))
+
     def ratios(num: str, den: str, what: str) -> list[float]:
         return [x[num][what] / x[den][what] for x in rounds]
 
