@@ -16,7 +16,6 @@ the rest frame of the fat jet (the sum of all its constituents).
 from __future__ import annotations
 
 import numpy as np
-import vector
 from numpy.lib.recfunctions import structured_to_unstructured
 
 from .errors import ConfigError
@@ -148,7 +147,13 @@ def boost_to_rest_frame(p4s, jet_p4s):
 
 
 def _as_vectors(p4s):
-    """View float64 ``(..., 4)`` ``(E, px, py, pz)`` as a ``vector.MomentumNumpy4D`` (no copy)."""
+    """View float64 ``(..., 4)`` ``(E, px, py, pz)`` as a ``vector.MomentumNumpy4D`` (no copy).
+
+    vector is imported here, not with the module: it imports sympy when that is installed (torch
+    installs it), 0.75 s of every process that reads jets (the scan's and search's workers,
+    every ``jetscan`` command) for the one function that boosts."""
+    import vector
+
     p4s = np.ascontiguousarray(p4s, dtype=np.float64)
     return p4s.view(_P4_DTYPE)[..., 0].view(vector.MomentumNumpy4D)
 

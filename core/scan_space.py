@@ -294,7 +294,7 @@ def cell_name(scan_name: str, run: str, params: Mapping[str, Any], fraction: flo
 
     ``settings``: a hash of everything the training's weights depend on apart from its name (the
     base run's settings with the cell's parameters, contamination and variant applied:
-    :func:`jetscan.jobs.train.run_settings` minus ``run``). An edited base run, sample or
+    :func:`jetscan.core.run_settings.run_settings` minus ``run``). An edited base run, sample or
     variation so gives new cell runs (training under the old name would meet a checkpoint made
     with other settings), while unchanged settings keep their name and their stored results."""
     key = {"run": run, "params": {k: params[k] for k in sorted(params)}, "fraction": fraction, "repeat": repeat,

@@ -146,7 +146,7 @@ def _evaluate_run(study: Study, run: str, stored: dict[str, list[dict] | None]) 
     """The run's result rows: reused when they carry the current settings hash, else evaluated.
     ``stored``: the rows already read for some runs (:func:`_runs_to_make`), so none is read twice."""
     from jetscan.jobs.evaluate import evaluation_for
-    from jetscan.jobs.train import run_settings
+    from jetscan.core.run_settings import run_settings
     from jetscan.storage import results
 
     rows = stored[run] if run in stored else _stored_rows(study, run)
@@ -368,9 +368,9 @@ def reproduce(
 
 def _ledger_key(study: Study, run: str) -> str:
     """What a ledger entry must match to stand for ``run``: everything that determines its
-    weights (:func:`jetscan.jobs.train.run_settings`) and the generation settings of every
+    weights (:func:`jetscan.core.run_settings.run_settings`) and the generation settings of every
     sample, the test-only signals too, since its rows are measured on them."""
-    from jetscan.jobs.train import run_settings
+    from jetscan.core.run_settings import run_settings
 
     return settings_hash({"run": run_settings(study, run),
                           "samples": {s: settings_hash(study.generation_settings(s)) for s in study.samples}})
@@ -488,7 +488,7 @@ def _num(cell: str) -> float:
 def _stored_rows(study: Study, run: str) -> list[dict] | None:
     """A run's committed result rows if they carry its current settings hash (else None): a run
     made by an earlier ``--run`` keeps its place in the table without being trained again."""
-    from jetscan.jobs.train import run_settings
+    from jetscan.core.run_settings import run_settings
     from jetscan.storage import results
 
     rows = results.rows_with_results(study.store, run, settings_hash(run_settings(study, run)))

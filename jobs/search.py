@@ -165,7 +165,7 @@ def optuna_name(study: Study, name: str) -> str:
 
 def _base_settings(study: Study, name: str) -> dict:
     """The search's base run settings (``run_settings`` minus the run's name)."""
-    from jetscan.jobs.train import run_settings
+    from jetscan.core.run_settings import run_settings
 
     base = run_settings(study, search_config(study, name).run)
     base.pop("run", None)
@@ -297,8 +297,9 @@ def run_trial(study: Study, name: str, trial, params: dict[str, Any], *, threads
     """Train, evaluate and store one trial's run; its objective values (one per objective)."""
     import optuna
 
+    from jetscan.core.run_settings import run_settings
     from jetscan.jobs.evaluate import evaluation_for
-    from jetscan.jobs.train import run_settings, train
+    from jetscan.jobs.train import train
     from jetscan.storage import results
 
     cfg = search_config(study, name)

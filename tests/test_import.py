@@ -185,3 +185,28 @@ finally:
 
     rows = catalog.read_catalog(str(tmp_path / "q.zarr"), "qcd").to_pylist()
     assert [(r["start"], r["stop"], r["n_jets"]) for r in rows] == [(0, 10, 10), (10, 20, 10)]
+
+
+def test_a_scan_is_planned_and_its_done_cells_found_without_torch(tmp_path):
+    """The scan's driver plans every cell (their settings hashes included) and finds the cells
+    already done without the training stack: importing torch there cost ~2.5 s of every scan's
+    start-up (benchmarks/scan.py), and the driver never trains. Nor does reading jets need
+    vector (which imports sympy, ~0.75 s of each worker's start-up): it is imported where a
+    boost needs it."""
+    code = NO_TORCH + f"""
+from jetscan.core.study import Study
+from jetscan.jobs.scan import _done_cells, plan_scan
+import jetscan.core.representations, jetscan.storage.reader
+
+study = Study.from_yaml({str(REPO / "studies" / "scan-contamination.yaml")!r})
+data = study.model_dump(mode="json")
+data["store"] = {str(tmp_path / "none.zarr")!r}
+plan = plan_scan(Study.from_dict(data), "contamination")
+print(len(plan["cells"]), len({{t["run"] for t in plan["trainings"]}}), sorted(_done_cells(plan)))
+print("vector imported:", "vector" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    n_cells, n_runs, done = out.stdout.splitlines()[0].split(" ", 2)
+    assert int(n_cells) == int(n_runs) >= 12 and done == "[]"  # 2 runs x 6 fractions x repeats, each its own run
+    assert out.stdout.splitlines()[1] == "vector imported: False"
