@@ -11,6 +11,8 @@ makes the client:
 - ``cluster="slurm"``: dask-jobqueue's ``SLURMCluster``, one Slurm job per worker
   (:func:`slurm_job_script` is what ``--dry-run`` prints).
 
+The workers of a cluster made here exit quickly when it closes (:class:`FreezeAtClose`).
+
 With an existing scheduler or Slurm jobs, work starts as soon as one worker is connected (the
 others join as their jobs leave the queue); if none comes within ``worker_timeout_s`` (default
 an hour, ``--worker-timeout``) :func:`open_client` raises one RunnerError saying where to look.
@@ -153,6 +155,7 @@ def open_client(
             sets = core_sets(workers, threads_each) if cluster is None and pin_cores else None
             if sets is not None:  # also pins a worker that LocalCluster's nanny starts again
                 client.register_plugin(PinToCores(sets))
+            client.register_plugin(FreezeAtClose())
             if cluster == "slurm":
                 _wait_for_a_worker(client, worker_timeout_s, f"--cluster slurm ({workers} job(s) submitted)",
                                    "the jobs may still be queued, or have failed: see squeue and their logs")
@@ -185,6 +188,23 @@ class PinToCores(WorkerPlugin):
         except (TypeError, ValueError):
             return  # not one of a LocalCluster's workers
         pin_threads(self.sets[i % len(self.sets)])
+
+
+class FreezeAtClose(WorkerPlugin):
+    """Moves every object of a closing worker into the garbage collector's permanent generation
+    (``gc.freeze``), so the interpreter's final collections skip them as the process exits.
+
+    A worker that has imported torch and the training stack took ~0.9 s to exit, most of it
+    those collections (0.2 s frozen): the scan waits for its workers to exit, on every scan.
+    Objects are still freed by reference counting; only cyclic garbage is left to the OS,
+    which takes the whole process's memory back a moment later anyway."""
+
+    name = "jetscan-freeze-at-close"
+
+    def teardown(self, worker) -> None:
+        import gc
+
+        gc.freeze()
 
 
 def _worker_environ() -> dict:

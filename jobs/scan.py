@@ -22,12 +22,12 @@ The whole story of the stage:
    ``run_settings_hash`` (the cell's hash: a cell whose results carry it is not computed again,
    :func:`jetscan.storage.results.rows_with_results`; a killed scan re-run resumes, training
    from its epoch checkpoints).
-3. Aggregation, on the same Dask cluster: the parquet files of the cells that are done (results
-   with their current settings hash: no failed cell's rows from older settings) read with
-   ``dask.dataframe`` into the tidy table (one row per cell x signal, the axes as columns),
+3. Aggregation: the parquet files of the cells that are done (results with their current
+   settings hash: no failed cell's rows from older settings) read with ``dask.dataframe`` in
+   the driver's threads (a few kB per cell) into the tidy table (one row per cell x signal, the axes as columns),
    ``<store>/_scan/<NAME>.parquet``, and the band table over repeats
    (``<store>/_scan/<NAME>-bands.parquet``); ROC curves with bootstrap bands from the stored
-   per-jet scores, one Dask task per cell reading its score arrays (:func:`roc_bands`; ``dask.array``
+   per-jet scores on the cluster, one Dask task per run of cells reading their score arrays (:func:`roc_bands`; ``dask.array``
    reads measured slower than a numpy loop) (``<store>/_scan/<NAME>-roc.parquet``).
 4. The report ``<report>/scan-<NAME>/index.html`` (linked from the study report): E10, E100,
    AUC and 1/eps_B vs contamination with bands over repeats; AUC and QCD mass sculpting vs the

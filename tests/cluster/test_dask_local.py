@@ -59,3 +59,23 @@ def test_local_workers_each_run_on_their_own_cpus_unless_told_not_to():
         threads = client.run(_affinities)
     assert all(c == every for got in threads.values() for c in got["tids"].values()), threads
     assert sorted(os.sched_getaffinity(0)) == every  # this process is never pinned
+
+
+def _freeze_count():
+    import gc
+
+    return gc.get_freeze_count()
+
+
+def test_a_closing_local_worker_freezes_its_objects_so_it_exits_quickly():
+    """A local worker's interpreter skips its final garbage collections when it exits (the
+    FreezeAtClose plugin, whose teardown runs as the worker closes; here as it is removed): a
+    worker that had imported torch took ~0.9 s to exit, 0.2 s frozen."""
+    from jetscan.cluster.dask import FreezeAtClose, open_client
+
+    with open_client(workers=1) as client:
+        before = client.run(_freeze_count)
+        client.unregister_worker_plugin(FreezeAtClose.name)
+        after = client.run(_freeze_count)
+    assert list(before.values()) == [0], before
+    assert all(n > 10_000 for n in after.values()), after  # every object the worker holds
