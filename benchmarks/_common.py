@@ -127,27 +127,31 @@ def store_study(store: str, name: str) -> dict:
             "preprocess": {"representations": ["heimel40"]}}
 
 
-def worker_rounds(workers: int, rounds: int, measure) -> tuple[list[dict], int, int]:
+def worker_rounds(workers: int, rounds: int, measure, only=None) -> tuple[list[dict], int, int]:
     """The 1-vs-N-workers sides of the search and scan benchmarks, each measured once per round
     (the order alternating between rounds, so a drifting machine favours neither):
     ``1w_all`` 1 worker with every core as threads; ``1w_per`` 1 worker with cores // N threads,
     run on cores // N cores (equal cores per worker); ``Nw`` N workers of cores // N threads,
     pinned to their own cores (the default); ``Nw_unpinned`` the same left to the OS.
-    ``measure(key, round, n_workers, threads, pin)`` returns one side's figures. Returns the
-    rounds (``{side: figures}``; ``1w_per`` is ``1w_all`` on one core), cores // N and the cores."""
+    ``measure(key, round, n_workers, threads, pin)`` returns one side's figures; ``only``: the
+    sides to measure (default all). Returns the rounds (``{side: figures}``; ``1w_per`` is
+    ``1w_all`` on one core), cores // N and the cores."""
     cores = os.cpu_count() or 1
     per = max(1, cores // workers)
     sides = {"1w_all": (1, cores, True), "1w_per": (1, per, True), "Nw": (workers, per, True),
              "Nw_unpinned": (workers, per, False)}
     if per == cores:
         sides.pop("1w_per")
+        only = None if only is None else {"1w_all" if k == "1w_per" else k for k in only}
+    sides = {k: v for k, v in sides.items() if only is None or k in only}
     out = []
     for r in range(rounds):
         got = {}
         for key in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
             with on_cores(per if key == "1w_per" else cores):  # 1 worker on one worker's share of the cores
                 got[key] = measure(key, r, *sides[key])
-        got.setdefault("1w_per", got["1w_all"])
+        if "1w_all" in got:
+            got.setdefault("1w_per", got["1w_all"])
         out.append(got)
     return out, per, cores
 

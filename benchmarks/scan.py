@@ -31,6 +31,7 @@ Two measurements:
 
     python benchmarks/scan.py [--store out/quickstart.zarr] [--cells 4] [--epochs 3] [--workers 2]
         [--agg-cells 100] [--agg-jets 100000] [--boot 50] [--part cells|agg|both] [--rounds 1]
+        [--sides 1w_per,Nw]
 
 Without ``--store`` a small store (QCD and top, Pythia, no Ray) is generated in a temporary
 folder first (not timed). Appends one JSON line to ``benchmarks/results.jsonl``.
@@ -153,7 +154,7 @@ def aggregation(tmp: Path, cells: int, jets: int, n_boot: int, workers: int, rep
             "ratio_with_startup": times["numpy"][0] / (times["dask"][0] + startup)}
 
 
-def cells_part(study, tmp: Path, workers: int, rounds: int) -> dict:
+def cells_part(study, tmp: Path, workers: int, rounds: int, only=None) -> dict:
     """Cells per hour of every side of ``_common.worker_rounds``; ratios within a round, median
     and range ("equal cores per worker": the issue's ratio)."""
     import statistics
@@ -165,10 +166,12 @@ def cells_part(study, tmp: Path, workers: int, rounds: int) -> dict:
               f"{got['cells_per_hour_loop']:.0f} (loop)", flush=True)
         return got
 
-    runs, per, cores = _common.worker_rounds(workers, rounds, measure)
+    runs, per, cores = _common.worker_rounds(workers, rounds, measure, only)
     out = {"cells": runs, "rounds": rounds}
     for many in ("Nw", "Nw_unpinned"):
         for key, one in (("same_cores", "1w_all"), ("equal_cores_per_worker", "1w_per")):
+            if many not in runs[0] or one not in runs[0]:
+                continue  # a side left out (--sides)
             for what in ("wall", "loop"):
                 xs = [x[many][f"cells_per_hour_{what}"] / x[one][f"cells_per_hour_{what}"] for x in runs]
                 suffix = "" if many == "Nw" else "_unpinned"
@@ -178,6 +181,8 @@ def cells_part(study, tmp: Path, workers: int, rounds: int) -> dict:
         suffix = "" if many == "Nw" else "_unpinned"
         for key, what in (("equal_cores_per_worker", f"equal cores per worker ({per} thread(s) each; target >= 1.8)"),
                           ("same_cores", f"1 worker with all {cores} cores as threads")):
+            if f"ratio_cells_per_hour_wall_{key}{suffix}_rounds" not in out:
+                continue
             print(f"ratio {workers} workers {label} / 1 worker, {what}: wall "
                   f"{_common.median_range(out[f'ratio_cells_per_hour_wall_{key}{suffix}_rounds'])}, loop "
                   f"{_common.median_range(out[f'ratio_cells_per_hour_loop_{key}{suffix}_rounds'])} (median (range) of {rounds} round(s))")
@@ -197,13 +202,16 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--part", choices=["cells", "agg", "both"], default="both")
     p.add_argument("--rounds", type=int, default=1, help="cells: rounds of every side, alternating their order")
+    p.add_argument("--sides", default=None,
+                   help="cells: the sides to measure, comma-separated, of 1w_all,1w_per,Nw,Nw_unpinned (default all)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scan-"))
     result = {"bench": "scan", "device": cpu_device(), "cores": os.cpu_count(), "argv": sys.argv[1:]}
     try:
         if args.part in ("cells", "both"):
             study = make_study(args.store, tmp, args.epochs, args.cells, args.jets)
-            result.update(cells_part(study, tmp, args.workers, args.rounds))
+            result.update(cells_part(study, tmp, args.workers, args.rounds,
+                                     None if args.sides is None else tuple(args.sides.split(","))))
         if args.part in ("agg", "both"):
             agg = aggregation(tmp, args.agg_cells, args.agg_jets, args.boot, args.workers, args.repeat)
             result["aggregation"] = agg
