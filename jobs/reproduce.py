@@ -145,8 +145,8 @@ def _runs_needed(study: Study, preset: str, only: Iterable[str] | None) -> list[
 def _evaluate_run(study: Study, run: str, stored: dict[str, list[dict] | None]) -> list[dict]:
     """The run's result rows: reused when they carry the current settings hash, else evaluated.
     ``stored``: the rows already read for some runs (:func:`_runs_to_make`), so none is read twice."""
-    from jetscan.jobs.evaluate import evaluation_for
     from jetscan.core.run_settings import run_settings
+    from jetscan.jobs.evaluate import evaluation_for
     from jetscan.storage import results
 
     rows = stored[run] if run in stored else _stored_rows(study, run)
