@@ -134,6 +134,10 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         assert math.isfinite(ours) and 0.0 <= ours <= (math.inf if ref["metric"] == "inv_eb_at_0p3" else 1.0)
         assert cells[10] in ("agrees", "differs", "no band")
         assert cells[11].startswith("test ")  # our sample sizes
+        if ref["metric"] == "auc":  # the jet mass alone on the same stored test jets, as scikit-learn scores it
+            got = re.search(r"the jet mass alone as the score, same test jets: AUC ([\d.]+)", cells[12])
+            assert got, cells[12]
+            assert float(got.group(1)) == pytest.approx(_mass_auc(tmp_path / f"{preset}.zarr", ref["runs"][0], ref["signal"]), abs=6e-4)
     # the sample table holds the generated jets
     for sample, cfg in load_preset(preset, shrink=shrink)[0].samples.items():
         assert re.search(rf"\| {sample} \| {cfg.process} \| {cfg.n_jets} \|", table), sample
@@ -166,6 +170,16 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         assert all("carried from the ledger" in x for x in lines)
         assert "(carried)" in (out / f"{preset}.md").read_text()
         assert {p.name for p in out.glob("*.json")} == {f"{preset}-shrink{shrink:g}.json"}  # never the full-size ledger
+
+
+def _mass_auc(store: Path, run: str, signal: str) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    from jetscan.storage import results
+
+    stored = results.read_run(str(store), run)
+    b, s = stored["samples"][stored["background"]]["mass"], stored["samples"][signal]["mass"]
+    return float(roc_auc_score(np.r_[np.zeros(len(b)), np.ones(len(s))], np.r_[b, s]))
 
 
 def _ours(run, signal, value, std, n=(100, 100)):
