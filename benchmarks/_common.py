@@ -110,6 +110,22 @@ def append_result(result: dict, *, quick: bool = False) -> None:
         f.write(json.dumps({**state, **result, "load_avg": load}) + "\n")
 
 
+def score_store(path: Path, cells: int, jets: int) -> str:
+    """``cells`` pairs of per-jet scores (``c<i>/bkg`` from N(0, 1), ``c<i>/sig`` from N(1, 1)),
+    stored as the results store holds them (zarr, 4 chunks each), for the scan aggregation's
+    benchmarks: they measure the reduction, not physics. Returns the store's path."""
+    import numpy as np
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w")
+    rng = np.random.default_rng(1)
+    chunk = max(1, jets // 4)
+    for c in range(cells):
+        root.create_array(f"c{c}/bkg", data=rng.normal(0, 1, jets), chunks=(chunk,))
+        root.create_array(f"c{c}/sig", data=rng.normal(1, 1, jets), chunks=(chunk,))
+    return str(path)
+
+
 def store_study(store: str, name: str) -> dict:
     """A minimal study (dict) describing an existing store, from its samples' settings attrs,
     with heimel40 images to preprocess."""

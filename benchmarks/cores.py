@@ -12,10 +12,11 @@ Work kinds (each a fixed number of steps, timed after one untimed warm-up of the
   minibatch of 128 random unit-sum images, one torch thread: the cost of a search or scan trial.
 - ``dense_ae``: the same for Farina et al.'s dense autoencoder (bottleneck 6).
 - ``python``: a pure-Python integer loop (no memory traffic): the cores' own speed.
-- ``roc_band``: the scan aggregation's per-cell work (:func:`jetscan.jobs.scan.roc_band_numpy`
-  on two 100k-score zarr arrays read from disk, as ``benchmarks/scan.py --part agg`` reads
-  them); each process its own run of cells, 50 by default (2 workers x 50 = that benchmark's
-  100 cells). Warm: the untimed warm-up reads the same cells.
+- ``roc_band``: the scan aggregation's per-cell work (``jetscan.jobs.scan._band_of_stored``:
+  :func:`jetscan.jobs.scan.roc_band_numpy` on two 100k-score zarr arrays read from disk, the
+  store of ``benchmarks/scan.py --part agg``, ``_common.score_store``); each process its own
+  run of cells, 50 by default (2 workers x 50 = that benchmark's 100 cells). Warm: the
+  untimed warm-up reads the same cells.
 
 Throughput ratio = N x (mean time alone) / (the slowest of the N concurrent times), so 2.0
 means two cores do exactly twice one core's work. Rounds alternate the order of the alone and
@@ -37,21 +38,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import append_result, cpu_device
+from _common import append_result, cpu_device, score_store
 
 _CHILD = r"""
 import os, sys, time
 os.sched_setaffinity(0, {int(sys.argv[1])})
 kind, steps = sys.argv[2], int(sys.argv[3])
 if kind == "roc_band":
-    import numpy as np, zarr
-    from jetscan.jobs.scan import roc_band_numpy, score_edges
+    from jetscan.jobs.scan import _band_of_stored
     store, first = os.environ["JETSCAN_CORES_STORE"], int(sys.argv[4]) * steps
     def work():
         for c in range(first, first + steps):
-            b = zarr.open_array(f"{store}/c{c}/bkg", mode="r")[...]
-            s = zarr.open_array(f"{store}/c{c}/sig", mode="r")[...]
-            roc_band_numpy(b, s, score_edges(min(b.min(), s.min()), max(b.max(), s.max())), 50, seed=c)
+            _band_of_stored(f"{store}/c{c}/bkg", f"{store}/c{c}/sig", 50, seed=c)
 elif kind == "python":
     def work():
         s = 0
@@ -103,7 +101,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-cores-")
     try:
         if "roc_band" in args.kinds:
-            os.environ["JETSCAN_CORES_STORE"] = _score_store(Path(tmp) / "scores.zarr", len(cores) * steps["roc_band"])
+            os.environ["JETSCAN_CORES_STORE"] = score_store(Path(tmp) / "scores.zarr", len(cores) * steps["roc_band"], 100_000)
         results = _measure(args, cores, steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -113,19 +111,6 @@ def main() -> None:
               f"{args.rounds} rounds)")
     append_result({"benchmark": "cores", "device": cpu_device(), "cores": len(cores), "rounds": args.rounds,
                    "results": results}, quick=args.quick)
-
-
-def _score_store(path: Path, cells: int, jets: int = 100_000) -> str:
-    """``cells`` pairs of background / signal scores, chunked as benchmarks/scan.py stores them."""
-    import numpy as np
-    import zarr
-
-    root = zarr.open_group(str(path), mode="w")
-    rng = np.random.default_rng(1)
-    for c in range(cells):
-        root.create_array(f"c{c}/bkg", data=rng.normal(0, 1, jets), chunks=(jets // 4,))
-        root.create_array(f"c{c}/sig", data=rng.normal(1, 1, jets), chunks=(jets // 4,))
-    return str(path)
 
 
 def _measure(args, cores: list[int], steps: dict) -> dict:

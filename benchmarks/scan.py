@@ -104,27 +104,14 @@ def cells_per_hour(study, tmp: Path, workers: int, threads: int, pin: bool = Tru
 
 def aggregation(tmp: Path, cells: int, jets: int, n_boot: int, workers: int, repeat: int) -> dict:
     import numpy as np
-    import zarr
 
     from jetscan.cluster.dask import open_client
-    from jetscan.jobs.scan import roc_band_numpy, roc_bands, score_edges
+    from jetscan.jobs.scan import _band_of_stored, roc_bands
 
-    root = zarr.open_group(str(tmp / "agg.zarr"), mode="w")
-    rng = np.random.default_rng(1)
-    chunk = max(1, jets // 4)
-    for c in range(cells):
-        root.create_array(f"c{c}/bkg", data=rng.normal(0, 1, jets), chunks=(chunk,))
-        root.create_array(f"c{c}/sig", data=rng.normal(1, 1, jets), chunks=(chunk,))
-    path = str(tmp / "agg.zarr")
+    path = _common.score_store(tmp / "agg.zarr", cells, jets)
 
-    def numpy_loop():
-        out = []
-        for c in range(cells):
-            b = zarr.open_array(f"{path}/c{c}/bkg", mode="r")[...]
-            s = zarr.open_array(f"{path}/c{c}/sig", mode="r")[...]
-            edges = score_edges(min(b.min(), s.min()), max(b.max(), s.max()))
-            out.append(roc_band_numpy(b, s, edges, n_boot, seed=c))
-        return out
+    def numpy_loop():  # the cells one after another: a Dask task's per-cell work, in this process
+        return [_band_of_stored(f"{path}/c{c}/bkg", f"{path}/c{c}/sig", n_boot, seed=c) for c in range(cells)]
 
     def dask_run(client):
         pairs = [(f"{path}/c{c}/bkg", f"{path}/c{c}/sig") for c in range(cells)]
