@@ -265,28 +265,43 @@ def _still_improving_note(runs: Iterable[str], run_costs: Iterable[dict]) -> str
             "stopping, ended them")
 
 
-def _mass_baseline_note(study: Study, run: str, signal: str, stored_runs: dict[str, dict | None]) -> str:
-    """The AUC of the jet mass alone as the anomaly score, on the run's own stored test jets:
-    what an AUC row is read against (a signal jet that holds a whole resonance is found by its
-    mass; an autoencoder below that has not learnt more than the mass). ``stored_runs`` caches
-    :func:`jetscan.storage.results.read_run` per run; "" where the run's arrays are not here."""
+def _mass_baseline_note(study: Study, run: str, signal: str, rows: list[dict], masses: dict) -> str:
+    """The AUC of the jet mass alone as the anomaly score, on the run's own test jets: what an
+    AUC row is read against (a signal jet that holds a whole resonance is found by its mass; an
+    autoencoder below that has not learnt more than the mass). The masses are the samples' test
+    split, read from the store, so a run carried from the ledger gets the note too once its
+    samples are generated here (the ledger key holds their generation settings and generation is
+    seeded: the same jets); "" where the store lacks them or their count differs from the run's
+    row. ``rows`` are the run's result rows, ``masses`` caches each sample's test masses."""
     from jetscan.core import metrics
-    from jetscan.core.errors import StorageError
-    from jetscan.storage import results
 
-    if run not in stored_runs:
-        try:
-            stored_runs[run] = results.read_run(study.store, run)
-        except StorageError:
-            stored_runs[run] = None
-    stored = stored_runs[run]
-    if stored is None or signal not in stored["samples"]:
+    background = [s for s in study.run(run).samples if not study.sample(s).is_signal]
+    row = next((r for r in rows if r.get("signal") == signal), None)
+    if not background or row is None:
         return ""
-    b, s = stored["samples"][stored["background"]]["mass"], stored["samples"][signal]["mass"]
-    if not len(b) or not len(s):
+    b, s = _test_masses(study, background[0], masses), _test_masses(study, signal, masses)
+    if b is None or s is None or not len(b) or not len(s) or (len(b), len(s)) != (row.get("n_background"), row.get("n_signal")):
         return ""
     auc = metrics.auc(np.r_[b, s], np.r_[np.zeros(len(b), np.int64), np.ones(len(s), np.int64)])
     return f"the jet mass alone as the score, same test jets: AUC {auc:.3f}"
+
+
+def _test_masses(study: Study, sample: str, cache: dict) -> np.ndarray | None:
+    """The jet masses of ``sample``'s test split, as evaluation reads them (the loader's seeded
+    split of every stored jet); None where the store does not hold the sample."""
+    from jetscan.core.errors import StorageError
+    from jetscan.storage import reader
+    from jetscan.storage.loader import SPLITS, split_assignment
+
+    if sample not in cache:
+        try:
+            mass = reader.read_jets(study.store, sample, ["jets/mass"])["jets/mass"]
+        except StorageError:
+            cache[sample] = None
+        else:
+            split = split_assignment(len(mass), study.split_fractions(sample), study.seed, sample)
+            cache[sample] = mass[split == SPLITS.index("test")]
+    return cache[sample]
 
 
 def _sculpting_note(runs: Iterable[str], rows_by_run: dict[str, list[dict]], signal: str) -> str:
@@ -377,12 +392,13 @@ def reproduce(
         bump_notes.update({(run, sig): note for sig, note in entry.get("notes", {}).items()})
         if entry.get("cost"):
             costs["runs"].append({**entry["cost"], "carried": True})
-    stored_runs: dict[str, dict | None] = {}
+    masses: dict[str, np.ndarray | None] = {}
     compared = []
     for ref in refs:
         c = compare(ref, rows_by_run)
-        if ref["metric"] == "auc" and c["n_runs"] and ref["runs"][0] not in carried:
-            c["mass_note"] = _mass_baseline_note(study, ref["runs"][0], ref["signal"], stored_runs)
+        if ref["metric"] == "auc" and c["n_runs"]:
+            run = ref["runs"][0]
+            c["mass_note"] = _mass_baseline_note(study, run, ref["signal"], rows_by_run.get(run, []), masses)
         compared.append(_with_notes(c, bump_notes, carried, costs["runs"]))
     seconds = time.perf_counter() - t0
     timings["total"] = seconds

@@ -168,6 +168,10 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         lines = [x for x in carried.splitlines() if x.startswith("| ") and not x.startswith("| figure")]
         assert [x.split("|")[8:10] for x in lines] == [x.split("|")[8:10] for x in rows]  # ours and band
         assert all("carried from the ledger" in x for x in lines)
+        # the mass baseline is read from the regenerated samples' test split: the same jets, the same AUC
+        note = r"the jet mass alone as the score, same test jets: AUC [\d.]+"
+        assert [re.findall(note, x) for x in lines] == [re.findall(note, x) for x in rows]
+        assert sum(len(re.findall(note, x)) for x in lines) == sum(r["metric"] == "auc" for r in REFERENCE[preset]) > 0
         assert "(carried)" in (out / f"{preset}.md").read_text()
         assert {p.name for p in out.glob("*.json")} == {f"{preset}-shrink{shrink:g}.json"}  # never the full-size ledger
 
