@@ -2,7 +2,8 @@
 
 Transcribed from ``../shared/reference/seed-physics.md`` ("Results to land near" and "Samples")
 only: a figure that document gives no number for (the Farina mass-correlation plot, Heimel's
-sculpting plots) has no row here. Each row:
+sculpting plots) has no row here; the mass correlation is shown beside the table instead
+(``MASS_CORRELATION``: the paper's words and the runs whose loss-vs-mass curves answer them). Each row:
 
 - ``id``: the figure / table and the line of it (``"fig-image-ae"``, ...);
 - ``what``: the paper's statement, in words;
@@ -23,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["REFERENCE", "reference_rows", "PAPERS", "quoted_half_unit"]
+__all__ = ["REFERENCE", "reference_rows", "PAPERS", "quoted_half_unit", "MASS_CORRELATION"]
 
 PAPERS = {
     "heimel": "Heimel, Kasieczka, Plehn, Thompson, arXiv:1808.08979",
@@ -175,3 +176,15 @@ REFERENCE: dict[str, list[dict[str, Any]]] = {
 def reference_rows(preset: str) -> list[dict[str, Any]]:
     """The reference rows of ``preset`` (a copy); KeyError-free: an unknown preset has none."""
     return [dict(r) for r in REFERENCE.get(preset, [])]
+
+
+# Figures given in words only, shown beside a preset's table as curves: the mean background jet
+# mass in bins of each run's loss (``jetscan reproduce``'s "Loss and jet mass" section).
+MASS_CORRELATION: dict[str, dict[str, Any]] = {
+    "farina": {
+        "what": "PCA and dense losses track jet mass up to 400 GeV; the CNN loss decorrelates above about "
+                "250-300 GeV",
+        "runs": ("pca", "dense_ae_1", "cnn_ae_1"),
+        "paper": PAPERS["farina"],
+    },
+}

@@ -400,10 +400,14 @@ def reproduce(
             run = ref["runs"][0]
             c["mass_note"] = _mass_baseline_note(study, run, ref["signal"], rows_by_run.get(run, []), masses)
         compared.append(_with_notes(c, bump_notes, carried, costs["runs"]))
+    correlation = _mass_correlation(study, name)
+    if correlation and correlation["curves"]:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        bump_pngs.append(_plot_mass_correlation(name, correlation, Path(out_dir)))
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
     table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings,
-                              extra_pngs=bump_pngs, costs=costs,
+                              extra_pngs=bump_pngs, costs=costs, mass_correlation=correlation,
                               ledger_name=ledger_path.name if carried else None)
     ledger.write(ledger_path, led)
     echo(f"{name}: {table}")
@@ -689,6 +693,74 @@ def _plot_bump_hunt(name: str, run: str, signal: str, hunt: dict, out: Path) -> 
     return path
 
 
+def _mass_correlation(study: Study, name: str) -> dict | None:
+    """The preset's loss-vs-jet-mass figure (:data:`jetscan.core.reference.MASS_CORRELATION`): for
+    each of its runs whose results this store holds, the mean background jet mass in the ten
+    equal-population bins of the run's test loss (evaluation's ``mass_vs_score``), ``"curves"``;
+    the runs without results here, ``"missing"``. None for a preset without that figure."""
+    from jetscan.core.errors import StorageError
+    from jetscan.core.reference import MASS_CORRELATION
+    from jetscan.storage import results
+
+    spec = MASS_CORRELATION.get(name)
+    if spec is None:
+        return None
+    curves, missing = {}, []
+    for run in spec["runs"]:
+        try:
+            stored = results.read_run(study.store, run)
+        except StorageError:
+            missing.append(run)
+            continue
+        mvs = stored["mass_vs_score"].get(stored["background"])
+        if mvs is None:
+            missing.append(run)
+            continue
+        curves[run] = {"background": stored["background"], **{k: np.asarray(v) for k, v in mvs.items()}}
+    return {**spec, "curves": curves, "missing": missing}
+
+
+def _mass_correlation_lines(corr: dict) -> list[str]:
+    background = next((c["background"] for c in corr["curves"].values()), "background")
+    lines = ["", "## Loss and jet mass", "",
+             f"Paper ({corr['paper']}): {corr['what']}. Ours: the mean {background} jet mass (GeV) of the test "
+             "split in ten equal-population bins of each run's loss, lowest loss first (evaluation's "
+             "`mass_vs_score`)."]
+    if corr["curves"]:
+        n = max(len(c["mean_mass"]) for c in corr["curves"].values())
+        lines += ["", "| run | " + " | ".join(f"{100 * i // n}-{100 * (i + 1) // n} %" for i in range(n)) + " |",
+                  "|---|" + "---|" * n]
+        lines += [f"| {run} | " + " | ".join(_fmt(float(m), 3) for m in c["mean_mass"]) + " |"
+                  for run, c in corr["curves"].items()]
+    if corr["missing"]:
+        lines += ["", f"No results in this store for {', '.join(corr['missing'])} (not run here, or carried "
+                  "from the ledger, which keeps metrics, not curves)."]
+    return lines
+
+
+def _plot_mass_correlation(name: str, corr: dict, out: Path) -> Path:
+    """Mean background jet mass against the loss percentile, one line per run."""
+    from jetscan.jobs import report as rep
+
+    matplotlib, Figure, Canvas, _, _style = rep.mpl_parts()
+    fig = Figure(figsize=(5.0, 3.2))
+    ax = fig.add_subplot(111)
+    for run, c in corr["curves"].items():
+        n = len(c["mean_mass"])
+        ax.plot(100.0 * (np.arange(n) + 0.5) / n, c["mean_mass"], marker="o", ms=3, label=run)
+    background = next(iter(corr["curves"].values()))["background"]
+    ax.set_xlabel(f"loss bin: percentile of the test {background} jets' loss", fontsize=8)
+    ax.set_ylabel(f"mean {background} jet mass [GeV]", fontsize=8)
+    ax.set_title(f"{name}: loss and jet mass", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = out / f"{name}-mass-vs-loss.png"
+    Canvas(fig)
+    fig.savefig(path, dpi=80, format="png")
+    return path
+
+
 def _model_representation(study: Study, run: str) -> str:
     from jetscan.core.models import build_model
 
@@ -742,7 +814,8 @@ def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
 
 def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink: float | None = None,
                 timings: dict | None = None, extra_pngs: Iterable[Path] = (),
-                costs: dict | None = None, ledger_name: str | None = None) -> tuple[Path, list[Path]]:
+                costs: dict | None = None, ledger_name: str | None = None,
+                mass_correlation: dict | None = None) -> tuple[Path, list[Path]]:
     """``<out>/<name>.md`` and ``<out>/<name>-<figure>.png`` (and ``extra_pngs``, drawn before); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     pngs = list(extra_pngs)
@@ -786,6 +859,8 @@ def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink:
     lines += ["", "## Samples", "", "| sample | process | jets | train | val | test |", "|---|---|---|---|---|---|"]
     for s, n in sizes.items():
         lines.append(f"| {s} | {study.sample(s).process} | {n['jets']} | {n['train']} | {n['val']} | {n['test']} |")
+    if mass_correlation:
+        lines += _mass_correlation_lines(mass_correlation)
     if costs:
         lines += _cost_lines(costs)
     if timings:

@@ -150,6 +150,20 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         assert re.search(rf"\| {run} \| \d+ \| ([\d.e+-]+|-) \| \d+ \| \d+ \| \d+ \| 1 \|", table), run
     for sample in load_preset(preset, shrink=shrink)[0].samples:
         assert re.search(rf"\| {sample} \| \d+ \| \d+ \| \d+ \| \d+\.\d \|", table), sample
+    if preset == "farina":  # the loss-vs-mass figure: the mean QCD test mass in ten equal-population loss bins
+        from jetscan.storage import results
+
+        section = table.split("## Loss and jet mass")[1].split("\n## ")[0]
+        for run in ("pca", "dense_ae_1"):
+            stored = results.read_run(str(tmp_path / f"{preset}.zarr"), run)
+            qcd, edges = stored["samples"]["qcd"], np.quantile(stored["samples"]["qcd"]["score"], np.linspace(0, 1, 11))
+            inside = [(qcd["score"] >= lo) & ((qcd["score"] < hi) | (i == 9)) for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
+            means = [float(np.mean(qcd["mass"][m])) if m.any() else math.nan for m in inside]
+            line = next(x for x in section.splitlines() if x.startswith(f"| {run} |"))
+            got = [float(c) if c.strip() != "-" else math.nan for c in line.strip(" |").split("|")[1:]]
+            assert got == pytest.approx(means, rel=5e-3, nan_ok=True), line
+        assert "No results in this store for cnn_ae_1" in section
+        assert (out / "farina-mass-vs-loss.png").stat().st_size > 1000 and "(farina-mass-vs-loss.png)" in table
     if preset == "macaluso-shih":  # a second call reuses everything: no training, no evaluation
         store = tmp_path / f"{preset}.zarr"
         done = {p: p.stat().st_mtime_ns for p in [*store.glob("_runs/*/checkpoint.pt"), *store.glob("_results/*.parquet")]}
