@@ -290,17 +290,13 @@ def _test_masses(study: Study, sample: str, cache: dict) -> np.ndarray | None:
     """The jet masses of ``sample``'s test split, as evaluation reads them (the loader's seeded
     split of every stored jet); None where the store does not hold the sample."""
     from jetscan.core.errors import StorageError
-    from jetscan.storage import reader
-    from jetscan.storage.loader import SPLITS, split_assignment
+    from jetscan.storage.loader import split_jets
 
     if sample not in cache:
         try:
-            mass = reader.read_jets(study.store, sample, ["jets/mass"])["jets/mass"]
+            cache[sample] = split_jets(study, sample, ["jets/mass"], "test")["jets/mass"]
         except StorageError:
             cache[sample] = None
-        else:
-            split = split_assignment(len(mass), study.split_fractions(sample), study.seed, sample)
-            cache[sample] = mass[split == SPLITS.index("test")]
     return cache[sample]
 
 

@@ -40,8 +40,7 @@ from jetscan.core.models.schedule import lr_factor, warmup_lr
 from jetscan.core.run_settings import run_settings  # re-exported: callers of jetscan.jobs.train.run_settings
 from jetscan.core.study import RunConfig, Study, settings_hash
 from jetscan.storage import blobs
-from jetscan.storage.loader import JetStream, split_assignment
-from jetscan.storage.reader import read_jets
+from jetscan.storage.loader import JetStream, split_jets
 
 __all__ = ["Prepared", "prepare", "train", "train_runs", "load_trained", "checkpoint_path", "run_settings"]
 
@@ -216,10 +215,7 @@ def _load_checkpoint(study: Study, run: str) -> dict | None:
 
 def _mass_edges(study: Study, cfg: RunConfig) -> np.ndarray:
     """Equal-population QCD mass bins from the background jets of the training split."""
-    masses = []
-    for s in cfg.samples:
-        m = read_jets(study.store, s, ["jets/mass"])["jets/mass"]
-        masses.append(m[split_assignment(len(m), study.split_fractions(s), study.seed, s) == 0])
+    masses = [split_jets(study, s, ["jets/mass"], "train")["jets/mass"] for s in cfg.samples]
     return mass_bin_edges(np.concatenate(masses), n_bins=cfg.adversary.mass_bins)
 
 

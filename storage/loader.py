@@ -92,7 +92,7 @@ from jetscan.core.study import Study
 from jetscan.storage import blobs, catalog, layout, shardread
 from jetscan.storage.stream_process import BatchProcess, fork_available
 
-__all__ = ["JetStream", "default_decode_workers", "split_assignment", "SPLITS"]
+__all__ = ["JetStream", "default_decode_workers", "split_assignment", "split_jets", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
@@ -118,6 +118,17 @@ def split_assignment(n_jets: int, fractions: tuple[float, float, float], seed: i
     out[perm[:n_train]] = 0
     out[perm[n_train : n_train + n_val]] = 1
     return out
+
+
+def split_jets(study: Study, sample: str, fields: list[str], split: str) -> dict[str, np.ndarray]:
+    """Stored jet arrays (e.g. ``["jets/mass"]``) of one split of a sample, in store order: the
+    jets an unshuffled :class:`JetStream` of that split reads, once every shard is committed."""
+    from jetscan.storage.reader import read_jets
+
+    arrays = read_jets(study.store, sample, fields)
+    n = len(next(iter(arrays.values())))
+    keep = split_assignment(n, study.split_fractions(sample), study.seed, sample) == SPLITS.index(split)
+    return {k: v[keep] for k, v in arrays.items()}
 
 
 @dataclass(frozen=True)
