@@ -520,6 +520,11 @@ class Study(_Frozen):
                 f"train.runs: no run named {name!r}; runs: {', '.join(self.train.runs) or 'none'}"
             ) from None
 
+    def background_samples(self, name: str) -> list[str]:
+        """The samples run ``name`` trains on that are not signals, in its order (the first is the
+        background its results are measured against)."""
+        return [s for s in self.run(name).samples if not self.sample(s).is_signal]
+
     def for_run(self, name: str) -> Study:
         """The study as run ``name`` trains on it: the run's own ``contamination``, if it has one, in
         place of ``data.contamination`` (where the loader, the run's settings hash and its results

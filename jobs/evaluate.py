@@ -119,7 +119,7 @@ def evaluation_for(study: Study, run: str) -> dict:
     module, info, ckpt = load_trained(study, run, use_device(study.train.device))
     cfg = study.run(run)
     representation = cfg.representation or info.representation
-    background = [s for s in cfg.samples if not study.sample(s).is_signal]
+    background = study.background_samples(run)
     if info.kind == "tagger":
         signals = [s for s in cfg.samples if study.sample(s).is_signal]
     else:

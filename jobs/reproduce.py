@@ -275,7 +275,7 @@ def _mass_baseline_note(study: Study, run: str, signal: str, rows: list[dict], m
     row. ``rows`` are the run's result rows, ``masses`` caches each sample's test masses."""
     from jetscan.core import metrics
 
-    background = [s for s in study.run(run).samples if not study.sample(s).is_signal]
+    background = study.background_samples(run)
     row = next((r for r in rows if r.get("signal") == signal), None)
     if not background or row is None:
         return ""
@@ -693,7 +693,8 @@ def _mass_correlation(study: Study, name: str) -> dict | None:
     """The preset's loss-vs-jet-mass figure (:data:`jetscan.core.reference.MASS_CORRELATION`): for
     each of its runs whose results this store holds, the mean background jet mass in the ten
     equal-population bins of the run's test loss (evaluation's ``mass_vs_score``), ``"curves"``;
-    the runs without results here, ``"missing"``. None for a preset without that figure."""
+    the runs without results here, ``"missing"``; their ``"background"`` sample. None for a
+    preset without that figure."""
     from jetscan.core.errors import StorageError
     from jetscan.core.reference import MASS_CORRELATION
     from jetscan.storage import results
@@ -701,7 +702,7 @@ def _mass_correlation(study: Study, name: str) -> dict | None:
     spec = MASS_CORRELATION.get(name)
     if spec is None:
         return None
-    curves, missing = {}, []
+    curves, missing, background = {}, [], "background"
     for run in spec["runs"]:
         try:
             stored = results.read_run(study.store, run)
@@ -712,14 +713,13 @@ def _mass_correlation(study: Study, name: str) -> dict | None:
         if mvs is None:
             missing.append(run)
             continue
-        curves[run] = {"background": stored["background"], **{k: np.asarray(v) for k, v in mvs.items()}}
-    return {**spec, "curves": curves, "missing": missing}
+        curves[run], background = {k: np.asarray(v) for k, v in mvs.items()}, stored["background"]
+    return {**spec, "curves": curves, "missing": missing, "background": background}
 
 
 def _mass_correlation_lines(corr: dict) -> list[str]:
-    background = next((c["background"] for c in corr["curves"].values()), "background")
     lines = ["", "## Loss and jet mass", "",
-             f"Paper ({corr['paper']}): {corr['what']}. Ours: the mean {background} jet mass (GeV) of the test "
+             f"Paper ({corr['paper']}): {corr['what']}. Ours: the mean {corr['background']} jet mass (GeV) of the test "
              "split in ten equal-population bins of each run's loss, lowest loss first (evaluation's "
              "`mass_vs_score`)."]
     if corr["curves"]:
@@ -744,9 +744,8 @@ def _plot_mass_correlation(name: str, corr: dict, out: Path) -> Path:
     for run, c in corr["curves"].items():
         n = len(c["mean_mass"])
         ax.plot(100.0 * (np.arange(n) + 0.5) / n, c["mean_mass"], marker="o", ms=3, label=run)
-    background = next(iter(corr["curves"].values()))["background"]
-    ax.set_xlabel(f"loss bin: percentile of the test {background} jets' loss", fontsize=8)
-    ax.set_ylabel(f"mean {background} jet mass [GeV]", fontsize=8)
+    ax.set_xlabel(f"loss bin: percentile of the test {corr['background']} jets' loss", fontsize=8)
+    ax.set_ylabel(f"mean {corr['background']} jet mass [GeV]", fontsize=8)
     ax.set_title(f"{name}: loss and jet mass", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="best")

@@ -210,7 +210,7 @@ def _evaluate_task(train_data: dict, run: str, test_data: dict, cell: str, axes:
     cfg = tstudy.run(run)
     representation = cfg.representation or info.representation
     tv, test = axes["train_variant"], axes["test_variant"]
-    train_bkg = [s for s in cfg.samples if not tstudy.sample(s).is_signal]
+    train_bkg = tstudy.background_samples(run)
     base_bkg = [base_sample(s, tv) for s in train_bkg]
     test_bkg = [variant_sample(s, test) for s in base_bkg]
     signals = [s for s in estudy.samples if estudy.sample(s).is_signal]
@@ -507,7 +507,7 @@ def _done_cells(plan: dict) -> set[str]:
 
 def study_bkg(plan: dict, run: str) -> list[str]:
     base = plan["variants"][NOMINAL]
-    return [s for s in base.run(run).samples if not base.sample(s).is_signal]
+    return base.background_samples(run)
 
 
 # --------------------------------------------------------------------------------------
