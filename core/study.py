@@ -370,6 +370,14 @@ class RunConfig(_Frozen):
     )
     adversary: AdversaryConfig | None = None
     max_fit_jets: int = Field(200_000, ge=10, description="PCA: jets used for the fit")
+    max_train_jets: int | None = Field(
+        None,
+        ge=1,
+        exclude_if=lambda v: v is None,  # absent: the dumps and run hashes of every other run stay as they were
+        description="train on a seeded random subset of this many jets of the training split, and validate on "
+        "the same share of the validation split (the test split stays whole); for a model too slow for the "
+        "paper's size on the hardware at hand (Farina et al.'s CNN AE on 2 CPU cores); results name the size",
+    )
 
     @field_validator("model")
     @classmethod

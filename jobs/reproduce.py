@@ -104,6 +104,8 @@ def shrink_study_data(data: dict, shrink: float) -> dict:
         run["epochs"] = max(1, int(round(run.get("epochs", 10) * shrink)))
         run["patience"] = max(1, min(int(run.get("patience", 10)), run["epochs"]))
         run["max_fit_jets"] = max(10, int(round(run.get("max_fit_jets", 200_000) * shrink)))
+        if run.get("max_train_jets"):
+            run["max_train_jets"] = max(10, int(round(run["max_train_jets"] * shrink)))
         adv = run.get("adversary")
         if adv:  # equal-population mass bins need several QCD jets each
             adv["mass_bins"] = max(2, min(int(adv.get("mass_bins", 10)), n_train_bkg // 5))

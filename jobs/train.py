@@ -23,6 +23,7 @@ The whole story of the stage (``jetscan train STUDY.yaml --model RUN``):
 from __future__ import annotations
 
 import io
+import math
 import time
 import zlib
 from dataclasses import dataclass
@@ -109,14 +110,19 @@ def prepare(study: Study, run: str, comm: Comm | None = None, *, on_the_fly: boo
     # world size dividing data.virtual_ranks (1 worker with virtual_ranks 2 == 2 workers)
     lockstep = comm.size > 1 or study.data.virtual_ranks > 1
     train_stream = JetStream(
-        study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, lockstep=lockstep, **common
+        study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, lockstep=lockstep,
+        max_jets=cfg.max_train_jets, **common
     )
     val_stream = JetStream(study, list(cfg.samples), representation, split="val", contaminated=cfg.contaminated, shuffle=False, **common)
+    if train_stream.n_kept_jets < train_stream.n_split_jets:  # max_train_jets: validate on the same share
+        share = train_stream.n_kept_jets / train_stream.n_split_jets
+        val_stream = JetStream(study, list(cfg.samples), representation, split="val", contaminated=cfg.contaminated,
+                               shuffle=False, max_jets=max(1, math.ceil(share * val_stream.n_split_jets)), **common)
     # a fit (PCA) is one computation, not data parallel: every rank fits on the whole training
     # split in the order one worker reads it, so all ranks hold the same fit as one worker
     fit_stream = train_stream if comm.size == 1 else JetStream(
         study, list(cfg.samples), representation, split="train", contaminated=cfg.contaminated, lockstep=lockstep,
-        **{**common, "rank": 0, "world_size": 1},
+        max_jets=cfg.max_train_jets, **{**common, "rank": 0, "world_size": 1},
     )
     settings = run_settings(study, run)
     return Prepared(

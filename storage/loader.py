@@ -131,6 +131,21 @@ def split_jets(study: Study, sample: str, fields: list[str], split: str) -> dict
     return {k: v[keep] for k, v in arrays.items()}
 
 
+def _subset(masks: list[np.ndarray], names: list[str], max_jets: int, seed: int, split_index: int) -> list[np.ndarray]:
+    """The split masks of ``names`` cut to a seeded random ``max_jets`` of their jets, each
+    sample keeping its share of the split (rounded cumulatively, so the counts sum to ``max_jets``)."""
+    counts = np.array([m.sum() for m in masks], dtype=np.int64)
+    edges = np.round(max_jets * np.cumsum(counts) / counts.sum()).astype(np.int64)
+    keep = np.diff(np.r_[0, edges])
+    out = []
+    for name, mask, k in zip(names, masks, keep):
+        rng = np.random.default_rng([seed % 2**63, zlib.crc32(name.encode()), 0x5B5, split_index])
+        cut = np.zeros_like(mask)
+        cut[rng.choice(np.flatnonzero(mask), size=int(k), replace=False)] = True
+        out.append(cut)
+    return out
+
+
 @dataclass(frozen=True)
 class _Unit:
     sample: int  # index into JetStream.samples
@@ -141,6 +156,12 @@ class _Unit:
 
 class JetStream(torch.utils.data.IterableDataset):
     """Iterable of batches over ``samples`` (and, if contaminated, the study's signal sample).
+
+    ``max_jets``: read a seeded random subset of that many jets of ``samples``' split (each
+    sample its share; the same subset every epoch and on every rank), e.g. a CNN autoencoder
+    trained on 2 CPU cores on part of a paper-size training split; a contamination's signal count
+    follows the subset. ``n_split_jets`` / ``n_kept_jets``: ``samples``' jets in the split, and
+    those kept.
 
     Build it with :meth:`from_study`. Iterating runs one epoch; call :meth:`set_epoch`
     between epochs (or let it count up) to reshuffle. Usable directly or through
@@ -162,6 +183,7 @@ class JetStream(torch.utils.data.IterableDataset):
         drop_last: bool = False,
         shuffle: bool = True,
         lockstep: bool = False,
+        max_jets: int | None = None,
     ):
         if split not in SPLITS:
             raise ConfigError(f"split: must be one of {', '.join(SPLITS)} (got {split!r})")
@@ -169,6 +191,8 @@ class JetStream(torch.utils.data.IterableDataset):
             raise ConfigError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
         if not samples:
             raise ConfigError("samples: give at least one sample to read")
+        if max_jets is not None and max_jets < 1:
+            raise ConfigError(f"max_jets: at least 1 jet, or None for the whole split (got {max_jets})")
         self.study = study
         self.cfg = study.representation(representation)  # ConfigError for an unknown one
         self.representation = representation
@@ -211,8 +235,13 @@ class JetStream(torch.utils.data.IterableDataset):
         for name, group in zip(self.samples, self._groups):
             n = group["jets/pt"].shape[0]
             masks.append(split_assignment(n, study.split_fractions(name), study.seed, name) == split_index)
+        n_named = len(names)
+        self.n_split_jets = int(sum(m.sum() for m in masks[:n_named]))
+        if max_jets is not None and max_jets < self.n_split_jets:
+            masks[:n_named] = _subset(masks[:n_named], names, max_jets, study.seed, split_index)
+        self.n_kept_jets = int(sum(m.sum() for m in masks[:n_named]))
         if contamination is not None:
-            n_bkg = int(sum(m.sum() for m in masks[:-1]))
+            n_bkg = self.n_kept_jets
             f = contamination.fraction
             n_sig = int(round(f * n_bkg / (1.0 - f)))
             candidates = np.flatnonzero(masks[-1])
