@@ -84,7 +84,7 @@ def test_reference_values_are_transcribed_from_seed_physics():
 SMOKE = {
     "heimel-top": (2.5e-4, None),  # every run: image and LoLa AEs, adversary, 3 % contamination
     # repeats averaged; gluinos; the bump-hunt run (its own 1e-3 gluino contamination)
-    "farina": (2.5e-4, ["pca", *[f"dense_ae_{i}" for i in range(1, 6)], "dense_ae_bump"]),
+    "farina": (2.5e-4, ["pca", *[f"dense_ae_{i}" for i in range(1, 6)], "dense_ae_bump", "cnn_ae_20k"]),
     "heimel-scalar": (3.7e-4, None),
     "heimel-dark": (3.7e-4, None),  # the adversary's 50 mass bins shrink with the sample
     "macaluso-shih": (2.5e-5, None),
@@ -162,7 +162,11 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
             line = next(x for x in section.splitlines() if x.startswith(f"| {run} |"))
             got = [float(c) if c.strip() != "-" else math.nan for c in line.strip(" |").split("|")[1:]]
             assert got == pytest.approx(means, rel=5e-3, nan_ok=True), line
-        assert "No results in this store for cnn_ae_1" in section
+        assert "No results in this store for cnn_ae_1" in section and "| cnn_ae_20k |" in section
+        # cnn_ae_20k's max_train_jets (20000, shrunk to 10): its rows and its cost line give that training size
+        subset_rows = [line for line in rows if "| cnn_ae_20k |" in line]
+        assert len(subset_rows) == 4 and all("; train 10 |" in line for line in subset_rows), subset_rows
+        assert re.search(r"\| cnn_ae_20k \| \d+ \| [\d.e+-]+ \| \d+ \| \d+ \| 10 \| 1 \|", table)
         assert (out / "farina-mass-vs-loss.png").stat().st_size > 1000 and "(farina-mass-vs-loss.png)" in table
     if preset == "macaluso-shih":  # a second call reuses everything: no training, no evaluation
         store = tmp_path / f"{preset}.zarr"

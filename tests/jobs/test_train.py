@@ -232,3 +232,24 @@ def test_read_knobs_leave_the_run_hash_alone(make_study, tmp_path):
     assert settings_hash(run_settings(tuned, "dense")) == settings_hash(run_settings(base, "dense"))
     data["data"]["batch_size"] = 64  # what the run sees still counts
     assert settings_hash(run_settings(Study.from_dict(data), "dense")) != settings_hash(run_settings(base, "dense"))
+
+
+def test_max_train_jets_trains_on_a_subset_and_validates_on_the_same_share(study, tmp_path):
+    """train.runs.RUN.max_train_jets (Farina's CNN AE on 2 CPU cores): the run trains on that many
+    of the 150 qcd training jets and validates on the same share of the 75 validation jets; its
+    summary (the results' training size) says so, and only its own settings hash changes."""
+    from jetscan.core.study import settings_hash
+    from jetscan.jobs.train import run_settings
+
+    sub = with_runs(study, {"dense": RUNS["dense"], "sub": {**RUNS["dense"], "epochs": 1, "max_train_jets": 60}},
+                    store=str(tmp_path / "m.zarr"))
+    shutil.copytree(study.store, sub.store, ignore=shutil.ignore_patterns("_runs"))
+    p = prepare(sub, "sub")
+    assert (p.train_stream.n_jets_total, p.val_stream.n_jets_total) == (60, 30)  # 60/150 of the 75 validation jets
+    assert (p.train_stream.n_split_jets, p.val_stream.n_split_jets) == (150, 75)
+    assert train(sub, "sub")["train_jets"] == 60
+    plain = with_runs(study, {"dense": RUNS["dense"]})
+    assert settings_hash(run_settings(sub, "dense")) == settings_hash(run_settings(plain, "dense"))
+    assert "max_train_jets" not in plain.run("dense").model_dump(mode="json")
+    as_sub = with_runs(study, {"sub": {**RUNS["dense"], "epochs": 1}})
+    assert settings_hash(run_settings(as_sub, "sub")) != settings_hash(run_settings(sub, "sub"))

@@ -494,3 +494,29 @@ def test_batches_ahead_thread_keeps_order_stops_early_and_raises_where_it_failed
             seen.append(b)
     if seen:  # what came before the failing chunk is what it should be
         _assert_same_batches(seen, want[: len(seen)])
+
+
+def test_max_jets_reads_a_seeded_subset_of_the_split_each_sample_its_share(study):
+    """max_jets (a run's max_train_jets): that many jets of the split, drawn once from the seed,
+    each sample in proportion to its split (150 qcd : 100 top -> 60 : 40 of 100), the same subset
+    every epoch and across ranks; a contamination's signal count follows the subset."""
+    whole = set(map(tuple, keys(JetStream(study, ["qcd", "top"], "heimel40", split="train").iter_numpy())))
+    stream = JetStream(study, ["qcd", "top"], "heimel40", split="train", max_jets=100)
+    assert (stream.n_split_jets, stream.n_kept_jets, stream.n_jets_total) == (250, 100, 100)
+    e0, e1 = keys(stream.iter_numpy(epoch=0)), keys(stream.iter_numpy(epoch=1))
+    assert len(np.unique(e0, axis=0)) == 100 and set(map(tuple, e0)) == set(map(tuple, e1)) < whole
+    assert np.bincount(e0[:, 0]).tolist() == [60, 40]
+    ranks = [keys(JetStream(study, ["qcd", "top"], "heimel40", split="train", max_jets=100, rank=r, world_size=2)
+                  .iter_numpy(epoch=3)) for r in (0, 1)]
+    assert set(map(tuple, np.concatenate(ranks))) == set(map(tuple, e0)) and sum(map(len, ranks)) == 100
+    again = JetStream(study, ["qcd", "top"], "heimel40", split="train", max_jets=100)
+    np.testing.assert_array_equal(keys(again.iter_numpy(epoch=0)), e0)
+    assert JetStream(study, ["qcd"], "heimel40", split="train", max_jets=1000).n_jets_total == 150  # at most the split
+    contaminated = study.model_copy(
+        update={"data": study.data.model_copy(update={"contamination": ContaminationConfig(signal="top", fraction=0.2)})}
+    )
+    mixed = JetStream(contaminated, ["qcd"], "heimel40", split="train", contaminated=True, max_jets=80)
+    labels = np.concatenate([b["label"] for b in mixed.iter_numpy()])
+    assert (labels == 0).sum() == 80 and (labels == 1).sum() == mixed.n_signal_mixed == round(0.2 * 80 / 0.8)
+    with pytest.raises(ConfigError, match="max_jets: at least 1 jet"):
+        JetStream(study, ["qcd"], "heimel40", max_jets=0)
