@@ -34,3 +34,17 @@ def as_image_batch(model: str, x: torch.Tensor, channels: int, size: int) -> tor
         f"{model} expects images {want}(n, {channels}, {size}, {size}); got {tuple(x.shape)}. "
         f"Build it with matching channels/image_size hyperparameters."
     )
+
+
+def glorot_zero_bias(module: nn.Module) -> nn.Module:
+    """Glorot-uniform weights and zero biases (Keras's defaults) for every convolution and dense
+    layer of ``module``, in place; returns it. Without random biases a ReLU network's output
+    follows its input's scale, which unit-sum jet images (pixels of 0.01-0.3) need: under
+    PyTorch's defaults (Kaiming-uniform weights, uniform biases) the biases swamp such inputs
+    and Farina et al.'s CNN AE reconstructed the mean QCD image for 10 epochs of 20k jets."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from jetscan.core.errors import ConfigError, JetscanError
-from jetscan.core.models._private import as_image_batch, conv_same
+from jetscan.core.models._private import as_image_batch, conv_same, glorot_zero_bias
 from jetscan.core.models.lola import CoLa, as_p4_batch, minkowski_sq, signed_sqrt
 from jetscan.core.models.registry import (
     JetModel,
@@ -201,7 +201,10 @@ class CnnAE(ImageAutoencoder):
     2x upsamplings return to 40 x 40. ReLU on every hidden layer; the bottleneck (dN) and the
     last 1C3 are linear. ``filters`` (128) sets the width of every convolution (the test suite
     shrinks it to train fast). Adam, learning rate 1e-3, minibatch 128 (the summary gives none);
-    loss: per-jet pixel MSE.
+    loss: per-jet pixel MSE. Initialised as Keras does (Glorot-uniform weights, zero biases:
+    :func:`glorot_zero_bias`): with PyTorch's defaults it did not learn on unit-sum images (on
+    20k QCD jets, 10 epochs, its validation loss stayed at the mean QCD image's, 1.13e-4, and E10
+    on tops was 0.11; with Keras's, three epochs of 5k jets reach 5.9e-5 against 1.0e-4).
 
     Parameters (d = 6): 1,425,223.
     """
@@ -243,6 +246,7 @@ class CnnAE(ImageAutoencoder):
             nn.Upsample(scale_factor=2, mode="nearest"),
             conv_same(f, 1, 3),
         )
+        glorot_zero_bias(self)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self._images(x))
