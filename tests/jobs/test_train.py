@@ -16,6 +16,7 @@ import torch
 
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.metrics import auc
+from jetscan.core.models import build_model
 from jetscan.core.study import Study
 from jetscan.jobs.evaluate import score_sample
 from jetscan.jobs.train import _mass_edges, checkpoint_path, load_trained, prepare, train
@@ -253,3 +254,29 @@ def test_max_train_jets_trains_on_a_subset_and_validates_on_the_same_share(study
     assert "max_train_jets" not in plain.run("dense").model_dump(mode="json")
     as_sub = with_runs(study, {"sub": {**RUNS["dense"], "epochs": 1}})
     assert settings_hash(run_settings(as_sub, "sub")) != settings_hash(run_settings(sub, "sub"))
+
+
+def test_cnn_ae_learns_more_than_the_mean_image_of_real_jets(study):
+    """Farina's CNN AE on unit-sum jet images (pixels of 0.01-0.3, most of the 1600 empty): 100
+    Adam steps on the 150 qcd training jets reconstruct the 75 validation jets better than their
+    mean training image does, for three seeds (16 filters keep it fast). Under PyTorch's default
+    initialisation (random biases that swamp such inputs) it stayed above the mean image."""
+    from jetscan.storage.loader import JetStream
+
+    def images(split):
+        return torch.from_numpy(np.concatenate([b["x"] for b in JetStream(study, ["qcd"], "heimel40", split=split,
+                                                                           shuffle=False).iter_numpy()]))
+
+    train_x, val_x = images("train").reshape(-1, 40, 40), images("val").reshape(-1, 40, 40)
+    mean_image_loss = float(((val_x - train_x.mean(0)) ** 2).mean())
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model, _ = build_model("cnn_ae", bottleneck=6, filters=16)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for step in range(100):
+            batch = train_x[(step % 3) * 50:(step % 3 + 1) * 50]
+            opt.zero_grad()
+            model.loss(batch, model(batch)).mean().backward()
+            opt.step()
+        with torch.no_grad():
+            assert float(model.loss(val_x, model(val_x)).mean()) < 0.85 * mean_image_loss, seed
