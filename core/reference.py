@@ -3,7 +3,9 @@
 Transcribed from ``../shared/reference/seed-physics.md`` ("Results to land near" and "Samples")
 only: a figure that document gives no number for (the Farina mass-correlation plot, Heimel's
 sculpting plots) has no row here; the mass correlation is shown beside the table instead
-(``MASS_CORRELATION``: the paper's words and the runs whose loss-vs-mass curves answer them). Each row:
+(``MASS_CORRELATION``: the paper's words and the runs whose loss-vs-mass curves answer them). Where
+a row is reached only on a training subset, ``SIZE_SCAN`` names the same recipe on smaller subsets,
+so the table shows how the metric moves with the training size. Each row:
 
 - ``id``: the figure / table and the line of it (``"fig-image-ae"``, ...);
 - ``what``: the paper's statement, in words;
@@ -24,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["REFERENCE", "reference_rows", "PAPERS", "quoted_half_unit", "MASS_CORRELATION"]
+__all__ = ["REFERENCE", "reference_rows", "PAPERS", "quoted_half_unit", "MASS_CORRELATION", "SIZE_SCAN"]
 
 PAPERS = {
     "heimel": "Heimel, Kasieczka, Plehn, Thompson, arXiv:1808.08979",
@@ -196,6 +198,21 @@ MASS_CORRELATION: dict[str, dict[str, Any]] = {
         "what": "PCA and dense losses track jet mass up to 400 GeV; the CNN loss decorrelates above about "
                 "250-300 GeV",
         "runs": ("pca", "dense_ae_1", "cnn_ae_1", "cnn_ae_20k"),
+        "paper": PAPERS["farina"],
+    },
+}
+
+
+# Rows reached on a training subset only: the same recipe on smaller subsets (``jetscan reproduce``'s
+# "Training size" section), the evidence for how much of a gap to the paper the size explains. The
+# section's columns are the reference rows of the largest run (``runs[-1]``); ``paper_jets`` is the
+# paper's training size.
+SIZE_SCAN: dict[str, dict[str, Any]] = {
+    "farina": {
+        "model": "CNN AE (d = 6, 10 epochs, one training per size)",
+        "runs": ("cnn_ae_5k", "cnn_ae_10k", "cnn_ae_20k"),
+        "paper_jets": 100_000,
+        "paper_note": "mean of 5 trainings",
         "paper": PAPERS["farina"],
     },
 }

@@ -35,6 +35,10 @@ The whole story of the command:
    signal jets; the loss cut rejects the background 1000x (its quantile, truth labels); the band
    is the Poisson uncertainty of S/B. The notes carry the sideband fit after the cut (B_fit,
    S_fit) and a PNG shows the mass spectra before and after the cut with the fit.
+6. Rows reached only on a training subset (farina's ``cnn_ae_20k``) get a "Training size" section
+   (:data:`jetscan.core.reference.SIZE_SCAN`: the same recipe on smaller subsets, made with the
+   rest): each size's value and band, the change per doubling of the training jets and the
+   log-linear fit continued to the paper's size, with the bands propagated, and a PNG.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from jetscan.core.errors import ConfigError
 from jetscan.core.reference import reference_rows
 from jetscan.core.study import Study, settings_hash
 
-__all__ = ["PRESETS_DIR", "presets", "preset_path", "shrink_study_data", "load_preset", "compare", "reproduce",
+__all__ = ["PRESETS_DIR", "presets", "preset_path", "shrink_study_data", "load_preset", "compare", "size_scan", "reproduce",
            "write_table", "add_commands"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -134,7 +138,10 @@ def load_preset(preset: str | Path, *, shrink: float | None = None, store: str |
 
 
 def _runs_needed(study: Study, preset: str, only: Iterable[str] | None) -> list[str]:
-    runs = list(dict.fromkeys(r for row in reference_rows(preset) for r in row["runs"]))
+    from jetscan.core.reference import SIZE_SCAN
+
+    runs = list(dict.fromkeys([*(r for row in reference_rows(preset) for r in row["runs"]),
+                               *SIZE_SCAN.get(preset, {}).get("runs", ())]))
     runs = runs or list(study.train.runs)
     if only:
         only = list(only)
@@ -402,10 +409,14 @@ def reproduce(
     if correlation and correlation["curves"]:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         bump_pngs.append(_plot_mass_correlation(name, correlation, Path(out_dir)))
+    scan = size_scan(name, refs, rows_by_run, costs["runs"])
+    if scan and len(scan["points"]) > 1:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        bump_pngs.append(_plot_size_scan(name, scan, Path(out_dir)))
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
     table, pngs = write_table(study, name, compared, Path(out_dir), shrink=shrink, timings=timings,
-                              extra_pngs=bump_pngs, costs=costs, mass_correlation=correlation,
+                              extra_pngs=bump_pngs, costs=costs, mass_correlation=correlation, size_scan=scan,
                               ledger_name=ledger_path.name if carried else None)
     ledger.write(ledger_path, led)
     echo(f"{name}: {table}")
@@ -758,6 +769,114 @@ def _plot_mass_correlation(name: str, corr: dict, out: Path) -> Path:
     return path
 
 
+def size_scan(preset: str, refs: list[dict], rows_by_run: dict[str, list[dict]],
+              run_costs: Iterable[dict] = ()) -> dict | None:
+    """The preset's training-size scan (:data:`jetscan.core.reference.SIZE_SCAN`): for each of its
+    runs with results, its training jets and each column's value and band (the columns: the
+    reference rows of the scan's largest run, signal and metric); per column, the least-squares
+    change per doubling of the training jets and the log-linear fit's value at the paper's size,
+    each with its uncertainty from the bands (exact linear propagation; one training per size, so
+    the spread over trainings is not in it). None for a preset without a scan."""
+    from jetscan.core.reference import SIZE_SCAN
+
+    spec = SIZE_SCAN.get(preset)
+    if spec is None:
+        return None
+    columns = [(r["signal"], r["metric"], r["value"]) for r in refs if tuple(r["runs"]) == (spec["runs"][-1],)]
+    costs = {c["run"]: c for c in run_costs}
+    points, missing = [], []
+    for run in spec["runs"]:
+        by_signal = {r.get("signal"): r for r in rows_by_run.get(run, [])}
+        if not columns or any(sig not in by_signal for sig, _, _ in columns):
+            missing.append(run)
+            continue
+        values = {(sig, m): (float(by_signal[sig][m]), float(by_signal[sig].get(f"{m}_std", math.nan)))
+                  for sig, m, _ in columns}
+        jets = int(by_signal[columns[0][0]].get("n_train_jets") or costs.get(run, {}).get("train_jets", 0))
+        points.append({"run": run, "jets": jets, "values": values, "cost": costs.get(run)})
+    points.sort(key=lambda p: p["jets"])
+    fits = {}
+    if len(points) > 1 and len({p["jets"] for p in points}) > 1:
+        x = np.log2([p["jets"] for p in points])
+        dx, target = x - x.mean(), math.log2(spec["paper_jets"]) - x.mean()
+        slope_c = dx / float(np.sum(dx**2))  # slope = sum(slope_c * y); the fit at X = sum(at_c * y)
+        at_c = 1.0 / len(x) + slope_c * target
+        for sig, m, paper in columns:
+            y = np.array([p["values"][(sig, m)][0] for p in points])
+            sd = np.array([p["values"][(sig, m)][1] for p in points])
+            at, at_sd = float(at_c @ y), float(np.sqrt(np.sum(at_c**2 * sd**2)))
+            fits[(sig, m)] = {"slope": float(slope_c @ y), "slope_sd": float(np.sqrt(np.sum(slope_c**2 * sd**2))),
+                              "at_paper": at, "at_paper_sd": at_sd, "paper": paper,
+                              "reaches_paper": bool(abs(at - paper) <= AGREE_BANDS * at_sd)}
+    return {**spec, "columns": columns, "points": points, "missing": missing, "fits": fits}
+
+
+def _size_scan_lines(scan: dict) -> list[str]:
+    cols = scan["columns"]
+    head = " | ".join(f"{sig} {METRIC_NAMES.get(m, m)}" for sig, m, _ in cols)
+    lines = ["", "## Training size", "",
+             f"The {scan['model']} on growing subsets of the training jets, each tested on the whole test split: how "
+             f"much of its gap to the paper ({scan['paper']}: {scan['paper_jets']} training jets, {scan['paper_note']}) "
+             "the subset's size explains. Value ± band (the test subsamples' alone: one training per size, each with "
+             "its own subset and initialisation, so the spread over trainings is not in it; at a fixed number of "
+             "epochs a larger subset also takes more optimiser steps).", "",
+             f"| run | training jets | epochs run | best epoch | {head} |", "|---|---|---|---|" + "---|" * len(cols)]
+    for p in scan["points"]:
+        c = p["cost"] or {}
+        lines.append(f"| {p['run']} | {p['jets']} | {c.get('epochs_run', '')} | {c.get('best_epoch', '')} | "
+                     + " | ".join(f"{_fmt(p['values'][(s, m)][0])} ± {_fmt(p['values'][(s, m)][1], 2)}"
+                                  for s, m, _ in cols) + " |")
+    lines.append(f"| paper | {scan['paper_jets']} |  |  | " + " | ".join(f"{v:g}" for _, _, v in cols) + " |")
+    if scan["fits"]:
+        lines += ["", f"Per doubling of the training jets (least-squares slope against log2 of the jets), and the "
+                  f"log-linear fit continued to the paper's {scan['paper_jets']} jets (an extrapolation: it assumes "
+                  "the trend holds beyond the largest subset; the paper's value within 2 of its bands: *reached*):", "",
+                  f"| | {head} |", "|---|" + "---|" * len(cols),
+                  "| change per doubling | " + " | ".join(
+                      f"{scan['fits'][(s, m)]['slope']:+.3g} ± {_fmt(scan['fits'][(s, m)]['slope_sd'], 2)}"
+                      for s, m, _ in cols) + " |",
+                  f"| fit at {scan['paper_jets']} jets | " + " | ".join(
+                      f"{_fmt(f['at_paper'])} ± {_fmt(f['at_paper_sd'], 2)} (paper {f['paper']:g}: "
+                      f"{'reached' if f['reaches_paper'] else 'not reached'})"
+                      for f in (scan["fits"][(s, m)] for s, m, _ in cols)) + " |"]
+    if scan["missing"]:
+        lines += ["", f"No results for {', '.join(scan['missing'])} (not run yet)."]
+    return lines
+
+
+def _plot_size_scan(name: str, scan: dict, out: Path) -> Path:
+    """Each column's value against the training jets (log scale), with its band, the log-linear
+    fit continued to the paper's size, and the paper's value there."""
+    from jetscan.jobs import report as rep
+
+    matplotlib, Figure, Canvas, _, _style = rep.mpl_parts()
+    fig = Figure(figsize=(5.0, 3.2))
+    ax = fig.add_subplot(111)
+    jets = np.array([p["jets"] for p in scan["points"]], dtype=float)
+    for i, (sig, m, paper) in enumerate(scan["columns"]):
+        color = f"C{i}"
+        label = f"{sig} {METRIC_NAMES.get(m, m)}"
+        y = [p["values"][(sig, m)][0] for p in scan["points"]]
+        sd = [p["values"][(sig, m)][1] for p in scan["points"]]
+        ax.errorbar(jets, y, yerr=np.nan_to_num(sd), fmt="o", ms=3, capsize=2, color=color, label=label)
+        fit = scan["fits"].get((sig, m))
+        if fit:
+            xs = np.array([jets.min(), scan["paper_jets"]], dtype=float)
+            ax.plot(xs, fit["at_paper"] + fit["slope"] * np.log2(xs / scan["paper_jets"]), ":", color=color, lw=1)
+        ax.plot([scan["paper_jets"]], [paper], "s", color=color, mfc="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("training jets (squares: the paper's values; dotted: log-linear fit)", fontsize=8)
+    ax.set_ylabel("signal efficiency", fontsize=8)
+    ax.set_title(f"{name}: {scan['model'].split(' (')[0]} vs training size", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    path = out / f"{name}-training-size.png"
+    Canvas(fig)
+    fig.savefig(path, dpi=80, format="png")
+    return path
+
+
 def _model_representation(study: Study, run: str) -> str:
     from jetscan.core.models import build_model
 
@@ -812,7 +931,7 @@ def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
 def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink: float | None = None,
                 timings: dict | None = None, extra_pngs: Iterable[Path] = (),
                 costs: dict | None = None, ledger_name: str | None = None,
-                mass_correlation: dict | None = None) -> tuple[Path, list[Path]]:
+                mass_correlation: dict | None = None, size_scan: dict | None = None) -> tuple[Path, list[Path]]:
     """``<out>/<name>.md`` and ``<out>/<name>-<figure>.png`` (and ``extra_pngs``, drawn before); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     pngs = list(extra_pngs)
@@ -858,6 +977,8 @@ def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink:
         lines.append(f"| {s} | {study.sample(s).process} | {n['jets']} | {n['train']} | {n['val']} | {n['test']} |")
     if mass_correlation:
         lines += _mass_correlation_lines(mass_correlation)
+    if size_scan:
+        lines += _size_scan_lines(size_scan)
     if costs:
         lines += _cost_lines(costs)
     if timings:

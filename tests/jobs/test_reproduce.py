@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jetscan.core.errors import ConfigError
-from jetscan.core.reference import REFERENCE
+from jetscan.core.reference import REFERENCE, SIZE_SCAN
 from jetscan.core.study import Study
 from jetscan.jobs.reproduce import BUMP_METRICS, PRESETS_DIR, load_preset, presets, shrink_study_data
 
@@ -35,8 +35,10 @@ def test_preset_validates_and_its_rows_name_its_runs(preset):
         assert row["metric"] in METRICS
         kind = {study.run(r).model for r in row["runs"]}
         assert len(kind) == 1  # repeats of one model are averaged, never two models
-    # every run a reference row needs, and no run nobody compares
-    assert {r for row in REFERENCE[preset] for r in row["runs"]} == set(study.train.runs)
+    # every run a reference row or the training-size scan needs, and no run nobody compares
+    scan = SIZE_SCAN.get(preset, {}).get("runs", ())
+    assert all(r in study.train.runs for r in scan)
+    assert {r for row in REFERENCE[preset] for r in row["runs"]} | set(scan) == set(study.train.runs)
 
 
 @pytest.mark.parametrize("preset", ALL)
@@ -168,6 +170,10 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         assert len(subset_rows) == 4 and all("; train 10 |" in line for line in subset_rows), subset_rows
         assert re.search(r"\| cnn_ae_20k \| \d+ \| [\d.e+-]+ \| \d+ \| \d+ \| 10 \| 1 \|", table)
         assert (out / "farina-mass-vs-loss.png").stat().st_size > 1000 and "(farina-mass-vs-loss.png)" in table
+        # the training-size section: cnn_ae_20k (shrunk to 10 jets) is there; the smaller subsets were not asked for
+        sizes = table.split("## Training size")[1].split("\n## ")[0]
+        assert re.search(r"\| cnn_ae_20k \| 10 \| \d+ \| \d+ \| [\d.e+-]+ ± ", sizes), sizes
+        assert "No results for cnn_ae_5k, cnn_ae_10k (not run yet)." in sizes
     if preset == "macaluso-shih":  # a second call reuses everything: no training, no evaluation
         store = tmp_path / f"{preset}.zarr"
         done = {p: p.stat().st_mtime_ns for p in [*store.glob("_runs/*/checkpoint.pt"), *store.glob("_results/*.parquet")]}
@@ -260,6 +266,52 @@ def test_compare_band_pull_verdict():
     # no results for a run; no band (NaN std)
     assert compare(ref, {})["verdict"] == "not run"
     assert compare(ref, {"a": [_ours("a", "top", 0.8, float("nan"))]})["verdict"] == "no band"
+
+
+def test_size_scan_fits_the_change_per_doubling_and_continues_it_to_the_paper_size(tmp_path):
+    """farina's CNN AE rows come from a 20k-jet subset: the "Training size" section puts the same
+    recipe on 5k and 10k beside it. On rows that follow y = a + b log2(jets) exactly, the fit
+    returns b and a + b log2(100k); its uncertainty is the bands' propagated through the least
+    squares; a run without results is named, not dropped silently."""
+    from jetscan.jobs.reproduce import _plot_size_scan, _size_scan_lines, size_scan
+
+    refs = REFERENCE["farina"]
+    sub = [r for r in refs if tuple(r["runs"]) == ("cnn_ae_20k",)]
+    assert {(r["signal"], r["metric"]) for r in sub} == {("top", "e10"), ("top", "e100"), ("gluino", "e10"),
+                                                          ("gluino", "e100")}
+    a, b, sd = {"e10": 0.30, "e100": 0.02}, {"e10": 0.05, "e100": 0.01}, 0.01
+
+    def rows(jets):
+        x = math.log2(jets)
+        return [{"signal": sig, "n_train_jets": jets, "n_signal": 100, "n_background": 100,
+                 **{m: a[m] + b[m] * x + (0.1 if sig == "gluino" else 0.0) for m in a},
+                 **{f"{m}_std": sd for m in a}} for sig in ("top", "gluino")]
+
+    by_run = {"cnn_ae_5k": rows(5000), "cnn_ae_20k": rows(20000), "cnn_ae_10k": rows(10000)}
+    costs = [{"run": "cnn_ae_10k", "epochs_run": 10, "best_epoch": 9, "train_jets": 10000}]
+    scan = size_scan("farina", refs, by_run, costs)
+    assert [p["jets"] for p in scan["points"]] == [5000, 10000, 20000] and scan["missing"] == []
+    x = np.log2([5000, 10000, 20000])
+    sxx, target = float(np.sum((x - x.mean()) ** 2)), math.log2(100_000) - x.mean()
+    for (sig, m), fit in scan["fits"].items():
+        assert fit["slope"] == pytest.approx(b[m])
+        assert fit["at_paper"] == pytest.approx(a[m] + b[m] * math.log2(100_000) + (0.1 if sig == "gluino" else 0.0))
+        assert fit["slope_sd"] == pytest.approx(sd / math.sqrt(sxx))  # equal bands: the textbook formulas
+        assert fit["at_paper_sd"] == pytest.approx(sd * math.sqrt(1 / 3 + target**2 / sxx))
+        assert fit["paper"] == next(r["value"] for r in sub if (r["signal"], r["metric"]) == (sig, m))
+        assert fit["reaches_paper"] == (abs(fit["at_paper"] - fit["paper"]) <= 2 * fit["at_paper_sd"])
+    # top E10: 0.30 + 0.05 * 16.6 = 1.13, far above 0.70: not reached; the table says so
+    assert not scan["fits"][("top", "e10")]["reaches_paper"]
+    lines = "\n".join(_size_scan_lines(scan))
+    assert "| cnn_ae_10k | 10000 | 10 | 9 | " in lines and "| paper | 100000 |" in lines
+    assert "+0.05 ± 0.0" in lines and "not reached" in lines
+    png = _plot_size_scan("farina", scan, tmp_path)
+    assert png.stat().st_size > 1000
+    # one size only: no fit; a run without results (or without one of the signals) is listed as missing
+    only = size_scan("farina", refs, {"cnn_ae_20k": rows(20000), "cnn_ae_5k": rows(5000)[:1]})
+    assert only["fits"] == {} and only["missing"] == ["cnn_ae_5k", "cnn_ae_10k"]
+    assert "No results for cnn_ae_5k, cnn_ae_10k (not run yet)." in "\n".join(_size_scan_lines(only))
+    assert size_scan("heimel-top", REFERENCE["heimel-top"], by_run) is None
 
 
 def test_quoted_half_unit_reads_the_precision_the_paper_quotes():
