@@ -147,7 +147,8 @@ REFERENCE: dict[str, list[dict[str, Any]]] = {
             _row("bump-hunt", f"bump hunt: AE trained on QCD with 1e-3 gluino contamination; a loss cut rejecting 1000x "
                  f"of QCD raises S/B in the gluino mass window from about 4% to about 25% ({when})", ["dense_ae_bump"],
                  "gluino", metric, v, "AE trains on 100k QCD with 1e-3 gluinos mixed in; test size not given", "farina",
-                 "the dense AE (seed-physics.md does not name the AE; the CNN AE needs a GPU: on 2 CPU cores it trains at 54 jets/s)")
+                 "the dense AE (seed-physics.md does not name the AE; the CNN AE needs a GPU: on 2 CPU cores it "
+                 "trains at 54-98 jets/s, 3-5.5 h a run with its evaluation)")
             for when, metric, v in (("before the cut", "s_over_b_before", 0.04), ("after the cut", "s_over_b_after", 0.25))
         ],
     ],
