@@ -56,9 +56,14 @@ def quoted_half_unit(what: str, value: float) -> float:
     return 0.0 if best is None else 0.5 * 10.0 ** -best
 
 
-def _row(id_, what, runs, signal, metric, value, paper_size, paper, note="", range_=None) -> dict[str, Any]:
+def _row(id_, what, runs, signal, metric, value, paper_size, paper, note="", range_=None,
+         rounding=None) -> dict[str, Any]:
+    """``rounding``: where the statement holds the value twice at different precisions (Fig. 8's
+    "10% top contamination ... E100 of about 0.1"), the half unit of the one that is the metric."""
+    if rounding is None:
+        rounding = 0.0 if range_ else quoted_half_unit(what, float(value))
     return {"id": id_, "what": what, "runs": tuple(runs), "signal": signal, "metric": metric, "value": float(value),
-            "range": range_, "rounding": 0.0 if range_ else quoted_half_unit(what, float(value)),
+            "range": range_, "rounding": rounding,
             "paper_size": paper_size, "paper": PAPERS[paper], "note": note, "sculpting": paper == "heimel"}
 
 
@@ -136,13 +141,15 @@ REFERENCE: dict[str, list[dict[str, Any]]] = {
             )
             for metric, v in (("e10", e10), ("e100", e100))
         ],
+        # "about 0.1": one decimal (0.05-0.15); the "10%" of the same statement is the contamination
         _row("contamination", "CNN AE trained with 10% top contamination still reaches E100 of about 0.1", ["cnn_ae_c10"],
              "top", "e100", 0.1, "100k training jets, 10% of them tops", "farina",
-             "the whole curve (0-10%, five trainings each): jetscan scan studies/farina.yaml contamination"),
+             "the whole curve (0-10%, five trainings each): jetscan scan studies/farina.yaml contamination",
+             rounding=0.05),
         _row("contamination", "CNN AE trained with 10% top contamination still reaches E100 of about 0.1",
              ["cnn_ae_c10_20k"], "top", "e100", 0.1, "100k training jets, 10% of them tops", "farina",
              "ONE training on a 20k SUBSET of the QCD training jets with 2.2k tops mixed in (10 %), 10 epochs; "
-             "the band is the test subsamples' alone"),
+             "the band is the test subsamples' alone", rounding=0.05),
         *[
             _row("bump-hunt", f"bump hunt: AE trained on QCD with 1e-3 gluino contamination; a loss cut rejecting 1000x "
                  f"of QCD raises S/B in the gluino mass window from about 4% to about 25% ({when})", ["dense_ae_bump"],

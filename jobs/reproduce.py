@@ -807,7 +807,9 @@ def size_scan(preset: str, refs: list[dict], rows_by_run: dict[str, list[dict]],
             at, at_sd = float(at_c @ y), float(np.sqrt(np.sum(at_c**2 * sd**2)))
             fits[(sig, m)] = {"slope": float(slope_c @ y), "slope_sd": float(np.sqrt(np.sum(slope_c**2 * sd**2))),
                               "at_paper": at, "at_paper_sd": at_sd, "paper": paper,
-                              "reaches_paper": bool(abs(at - paper) <= AGREE_BANDS * at_sd)}
+                              # an efficiency cannot pass 1: a fit beyond it says the trend cannot hold that far
+                              "beyond_one": at > 1.0,
+                              "reaches_paper": bool(abs(at - paper) <= AGREE_BANDS * at_sd) and at <= 1.0}
     return {**spec, "columns": columns, "points": points, "missing": missing, "fits": fits}
 
 
@@ -837,7 +839,8 @@ def _size_scan_lines(scan: dict) -> list[str]:
                       for s, m, _ in cols) + " |",
                   f"| fit at {scan['paper_jets']} jets | " + " | ".join(
                       f"{_fmt(f['at_paper'])} ± {_fmt(f['at_paper_sd'], 2)} (paper {f['paper']:g}: "
-                      f"{'reached' if f['reaches_paper'] else 'not reached'})"
+                      + ("above 1: the trend cannot hold that far)" if f["beyond_one"] else
+                         f"{'reached' if f['reaches_paper'] else 'not reached'})")
                       for f in (scan["fits"][(s, m)] for s, m, _ in cols)) + " |"]
     if scan["missing"]:
         lines += ["", f"No results for {', '.join(scan['missing'])} (not run yet)."]
