@@ -692,12 +692,20 @@ def _plot_bump_hunt(name: str, run: str, signal: str, hunt: dict, out: Path) -> 
         ax.set_ylabel("jets / bin", fontsize=8)
         if i == 0:
             ax.set_yscale("log")
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="best")
+        _small_text(ax, legend_size=6)
     fig.suptitle(f"{name}: bump hunt on {run} (sec. 6)", fontsize=9)
+    return _save_png(fig, Canvas, out / f"{name}-{rep.safe_name(f'bump-hunt-mass-{run}')}.png")
+
+
+def _small_text(ax, legend_size: int = 7) -> None:
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=legend_size, loc="best")
+
+
+def _save_png(fig, canvas, path: Path) -> Path:
+    """The committed plots' format: tight, 80 dpi PNG."""
     fig.tight_layout()
-    path = out / f"{name}-{rep.safe_name(f'bump-hunt-mass-{run}')}.png"
-    Canvas(fig)
+    canvas(fig)
     fig.savefig(path, dpi=80, format="png")
     return path
 
@@ -760,13 +768,8 @@ def _plot_mass_correlation(name: str, corr: dict, out: Path) -> Path:
     ax.set_xlabel(f"loss bin: percentile of the test {corr['background']} jets' loss", fontsize=8)
     ax.set_ylabel(f"mean {corr['background']} jet mass [GeV]", fontsize=8)
     ax.set_title(f"{name}: loss and jet mass", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = out / f"{name}-mass-vs-loss.png"
-    Canvas(fig)
-    fig.savefig(path, dpi=80, format="png")
-    return path
+    _small_text(ax)
+    return _save_png(fig, Canvas, out / f"{name}-mass-vs-loss.png")
 
 
 def size_scan(preset: str, refs: list[dict], rows_by_run: dict[str, list[dict]],
@@ -871,13 +874,8 @@ def _plot_size_scan(name: str, scan: dict, out: Path) -> Path:
     ax.set_xlabel("training jets (squares: the paper's values; dotted: log-linear fit)", fontsize=8)
     ax.set_ylabel("signal efficiency", fontsize=8)
     ax.set_title(f"{name}: {scan['model'].split(' (')[0]} vs training size", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    path = out / f"{name}-training-size.png"
-    Canvas(fig)
-    fig.savefig(path, dpi=80, format="png")
-    return path
+    _small_text(ax, legend_size=6)
+    return _save_png(fig, Canvas, out / f"{name}-training-size.png")
 
 
 def _model_representation(study: Study, run: str) -> str:
@@ -922,13 +920,8 @@ def _plot(name: str, fig_id: str, rows: list[dict], out: Path) -> Path | None:
     ax.set_xticklabels([f"{'+'.join(r['runs']) if len(r['runs']) == 1 else r['runs'][0].rsplit('_', 1)[0]}\n"
                         f"{r['signal']} {METRIC_NAMES.get(r['metric'], r['metric'])}" for r in rows], fontsize=7)
     ax.set_title(f"{name}: {fig_id}", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    path = out / f"{name}-{rep.safe_name(fig_id)}.png"
-    Canvas(fig)
-    fig.savefig(path, dpi=80, format="png")
-    return path
+    _small_text(ax)
+    return _save_png(fig, Canvas, out / f"{name}-{rep.safe_name(fig_id)}.png")
 
 
 def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink: float | None = None,
