@@ -55,11 +55,11 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from jetscan.core.errors import ConfigError
-from jetscan.core.reference import reference_rows
+from jetscan.core.reference import SIZE_SCAN, reference_rows
 from jetscan.core.study import Study, settings_hash
 
-__all__ = ["PRESETS_DIR", "presets", "preset_path", "shrink_study_data", "load_preset", "compare", "size_scan", "reproduce",
-           "write_table", "add_commands"]
+__all__ = ["PRESETS_DIR", "presets", "preset_path", "shrink_study_data", "load_preset", "compare", "size_scan",
+           "reproduce", "write_table", "add_commands"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "studies"
 #: agreement threshold, in units of our band
@@ -138,8 +138,6 @@ def load_preset(preset: str | Path, *, shrink: float | None = None, store: str |
 
 
 def _runs_needed(study: Study, preset: str, only: Iterable[str] | None) -> list[str]:
-    from jetscan.core.reference import SIZE_SCAN
-
     runs = list(dict.fromkeys([*(r for row in reference_rows(preset) for r in row["runs"]),
                                *SIZE_SCAN.get(preset, {}).get("runs", ())]))
     runs = runs or list(study.train.runs)
@@ -780,8 +778,6 @@ def size_scan(preset: str, refs: list[dict], rows_by_run: dict[str, list[dict]],
     change per doubling of the training jets and the log-linear fit's value at the paper's size,
     each with its uncertainty from the bands (exact linear propagation; one training per size, so
     the spread over trainings is not in it). None for a preset without a scan."""
-    from jetscan.core.reference import SIZE_SCAN
-
     spec = SIZE_SCAN.get(preset)
     if spec is None:
         return None
@@ -835,7 +831,8 @@ def _size_scan_lines(scan: dict) -> list[str]:
     if scan["fits"]:
         lines += ["", f"Per doubling of the training jets (least-squares slope against log2 of the jets), and the "
                   f"log-linear fit continued to the paper's {scan['paper_jets']} jets (an extrapolation: it assumes "
-                  "the trend holds beyond the largest subset; the paper's value within 2 of its bands: *reached*):", "",
+                  f"the trend holds beyond the largest subset; the paper's value within {AGREE_BANDS:g} of its bands: "
+                  "*reached*):", "",
                   f"| | {head} |", "|---|" + "---|" * len(cols),
                   "| change per doubling | " + " | ".join(
                       f"{scan['fits'][(s, m)]['slope']:+.3g} ± {_fmt(scan['fits'][(s, m)]['slope_sd'], 2)}"
