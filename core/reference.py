@@ -205,7 +205,8 @@ MASS_CORRELATION: dict[str, dict[str, Any]] = {
     "farina": {
         "what": "PCA and dense losses track jet mass up to 400 GeV; the CNN loss decorrelates above about "
                 "250-300 GeV",
-        "runs": ("pca", "dense_ae_1", "cnn_ae_1", "cnn_ae_20k"),
+        # the CNN AE's subset runs too (the training-size scan): is its flatter top a matter of size?
+        "runs": ("pca", "dense_ae_1", "cnn_ae_1", "cnn_ae_5k", "cnn_ae_10k", "cnn_ae_20k"),
         "paper": PAPERS["farina"],
     },
 }
