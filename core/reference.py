@@ -43,7 +43,9 @@ def quoted_half_unit(what: str, value: float) -> float:
     """Half a unit in the last digit the paper quotes ``value`` with, read off the statement
     ``what`` ("AUC about 0.70" -> 0.005, "from about 4% ..." for 0.04 -> 0.005); 0 when the
     statement does not hold the number. A number quoted as 0.89 stands for 0.885-0.895, so a
-    comparison cannot be finer than that."""
+    comparison cannot be finer than that. Where the statement holds the number twice, the last
+    quote is the result's (the statements end on it: "trained with 10% top contamination still
+    reaches E100 of about 0.1" quotes the E100 as 0.1, not as the contamination's 10%)."""
     best = None
     for tok in re.findall(r"(?<![\d.])\d+(?:\.\d+)?%?", what):
         pct = tok.endswith("%")
@@ -52,18 +54,13 @@ def quoted_half_unit(what: str, value: float) -> float:
         number = float(digits) / (100.0 if pct else 1.0)
         if abs(number - value) <= 1e-12 * max(1.0, abs(value)):
             decimals += 2 if pct else 0
-            best = decimals if best is None else max(best, decimals)
+            best = decimals
     return 0.0 if best is None else 0.5 * 10.0 ** -best
 
 
-def _row(id_, what, runs, signal, metric, value, paper_size, paper, note="", range_=None,
-         rounding=None) -> dict[str, Any]:
-    """``rounding``: where the statement holds the value twice at different precisions (Fig. 8's
-    "10% top contamination ... E100 of about 0.1"), the half unit of the one that is the metric."""
-    if rounding is None:
-        rounding = 0.0 if range_ else quoted_half_unit(what, float(value))
+def _row(id_, what, runs, signal, metric, value, paper_size, paper, note="", range_=None) -> dict[str, Any]:
     return {"id": id_, "what": what, "runs": tuple(runs), "signal": signal, "metric": metric, "value": float(value),
-            "range": range_, "rounding": rounding,
+            "range": range_, "rounding": 0.0 if range_ else quoted_half_unit(what, float(value)),
             "paper_size": paper_size, "paper": PAPERS[paper], "note": note, "sculpting": paper == "heimel"}
 
 
@@ -141,15 +138,13 @@ REFERENCE: dict[str, list[dict[str, Any]]] = {
             )
             for metric, v in (("e10", e10), ("e100", e100))
         ],
-        # "about 0.1": one decimal (0.05-0.15); the "10%" of the same statement is the contamination
         _row("contamination", "CNN AE trained with 10% top contamination still reaches E100 of about 0.1", ["cnn_ae_c10"],
              "top", "e100", 0.1, "100k training jets, 10% of them tops", "farina",
-             "the whole curve (0-10%, five trainings each): jetscan scan studies/farina.yaml contamination",
-             rounding=0.05),
+             "the whole curve (0-10%, five trainings each): jetscan scan studies/farina.yaml contamination"),
         _row("contamination", "CNN AE trained with 10% top contamination still reaches E100 of about 0.1",
              ["cnn_ae_c10_20k"], "top", "e100", 0.1, "100k training jets, 10% of them tops", "farina",
              "ONE training on a 20k SUBSET of the QCD training jets with 2.2k tops mixed in (10 %), 10 epochs; "
-             "the band is the test subsamples' alone", rounding=0.05),
+             "the band is the test subsamples' alone"),
         *[
             _row("bump-hunt", f"bump hunt: AE trained on QCD with 1e-3 gluino contamination; a loss cut rejecting 1000x "
                  f"of QCD raises S/B in the gluino mass window from about 4% to about 25% ({when})", ["dense_ae_bump"],
