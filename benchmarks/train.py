@@ -3,7 +3,8 @@
 For ``cnn_ae`` (Farina, Nakai & Shih's CNN autoencoder, on heimel40 images, QCD jets) and
 ``macaluso_shih`` (Macaluso & Shih's CNN tagger, on ms37x4 images, QCD + top jets), one run
 prints training samples/s of the same model step as ``jetscan train`` (``jobs/train.py``:
-``zero_grad``; under ``torch.autocast(bfloat16)`` on CUDA, batch to device, forward, per-jet
+``zero_grad``; under ``torch.autocast(bfloat16)`` on CUDA (and on the CPU with ``--cpu-amp``,
+as ``train.amp_cpu`` does), batch to device, forward, per-jet
 loss, mean; backward; the paper's optimizer step, Adam for cnn_ae and AdaDelta for
 macaluso_shih; ``float(loss)``, which also synchronises a GPU every step), batch 128, fed
 
@@ -14,18 +15,19 @@ macaluso_shih; ``float(loss)``, which also synchronises a GPU every step), batch
   epoch, ``torch.from_numpy(x[idx])`` per batch (then ``.to(device)`` inside the step, as above);
 
 ``--warmup`` untimed steps, then ``--steps`` timed steps per (model, feed). Prints samples/s,
-first-batch latency (iterator start to first batch ready), p50/p95 step times, the ratio
-streamed / in-memory (aim >= 0.95), and on CUDA the GPU name and
+first-batch latency (iterator start to first batch ready), the first (cold) step's time,
+p50/p95 step times, the ratio streamed / in-memory (aim >= 0.95), with ``--cpu-amp both`` the
+ratio bfloat16 / float32 on the CPU (the same jets in the same order, warm), and on CUDA the GPU name and
 ``torch.cuda.max_memory_allocated``. CPU runs use torch's default threads (``--threads`` to
 change); the loader's reading threads share the cores. These models are slow on CPU
-(macaluso_shih ~10-40 jets/s on 2 cores): keep ``--steps`` small there.
+(macaluso_shih ~40-130 jets/s in float32 on 2 cores): keep ``--steps`` small there.
 
 Jets: the store ``benchmarks/preprocess.py`` generates (same ``--work``, ``--qcd``, ``--top``;
 made here if missing), or ``--store PATH`` of an existing store with samples qcd and top
 (copied, never modified); heimel40 and ms37x4 are preprocessed into it. Appends one JSON line
 to ``benchmarks/results.jsonl``.
 
-    python benchmarks/train.py [--device cpu|cuda|cpu,cuda] [--steps N] [--warmup N]
+    python benchmarks/train.py [--device cpu|cuda|cpu,cuda] [--steps N] [--warmup N] [--cpu-amp off|on|both]
                                [--models cnn_ae,macaluso_shih] [--store out/quickstart.zarr] [--quick]
 """
 
@@ -78,11 +80,12 @@ def batches_memory(x: np.ndarray, y: np.ndarray, batch: int):
 
 
 def make_step(name: str, device: torch.device, amp: bool, hyper: dict | None = None):
+    """One training step; ``amp``: bfloat16 autocast (``train.amp`` on CUDA, ``train.amp_cpu`` on the CPU)."""
     torch.manual_seed(0)
     module, info = build_model(name, **(hyper or {}))
     module = module.to(device).train()
     optimizer, _ = make_optimizer(module, info)
-    use_amp = amp and device.type == "cuda"
+    use_amp = amp
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -104,10 +107,14 @@ def timed(batches, step, warmup: int, steps: int) -> dict:
     t0 = time.perf_counter()
     xb, yb = next(batches)
     first = time.perf_counter() - t0
+    first_step = float("nan")
     for k in range(warmup):
         if k:
             xb, yb = next(batches)
+        t1 = time.perf_counter()
         step(xb, yb)
+        if not k:  # cold: the kernels' first call (oneDNN builds its bfloat16 primitives here)
+            first_step = time.perf_counter() - t1
     times, n = [], 0
     prev = time.perf_counter()
     for k in range(steps):
@@ -122,6 +129,7 @@ def timed(batches, step, warmup: int, steps: int) -> dict:
     return {
         "rate": n / t.sum(),
         "first_batch_ms": 1e3 * first,
+        "first_step_ms": 1e3 * first_step,
         "p50_ms": 1e3 * float(np.percentile(t, 50)),
         "p95_ms": 1e3 * float(np.percentile(t, 95)),
         "steps": steps,
@@ -137,6 +145,7 @@ def run_device(args, study, device: torch.device) -> dict:
               f"CUDA {torch.version.cuda}, bf16 autocast {'on' if args.amp else 'off'}")
     else:
         print(f"device: cpu, {bench.cpu_device()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    precisions = [args.amp] if device.type == "cuda" else {"off": [False], "on": [True], "both": [False, True]}[args.cpu_amp]
     for name in args.models:
         rep, samples = MODELS[name]
         stream = JetStream(study, samples, rep, split="train", shuffle=True, batch_size=args.batch)
@@ -145,27 +154,40 @@ def run_device(args, study, device: torch.device) -> dict:
             xs.append(b["x"])
             ys.append(b["label"])
         x, y = np.concatenate(xs), np.concatenate(ys)
-        res = {}
-        for feed in ("memory", "streamed"):
-            step, info = make_step(name, device, args.amp, args.hyper.get(name))
-            batches = batches_memory(x, y, args.batch) if feed == "memory" else batches_streamed(stream)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            r = timed(batches, step, args.warmup, args.steps)
-            if device.type == "cuda":
-                r["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-            res[feed] = r
-            mem = f", max mem {r['max_memory_allocated_mib']:.0f} MiB" if "max_memory_allocated_mib" in r else ""
-            print(f"  {name:14s} {rep:9s} {feed:8s} {r['rate']:9.1f} samples/s  first batch {r['first_batch_ms']:8.1f} ms, "
-                  f"step p50 {r['p50_ms']:8.1f} ms, p95 {r['p95_ms']:8.1f} ms ({r['steps']} steps x {args.batch}){mem}")
-        ratio = res["streamed"]["rate"] / res["memory"]["rate"]
-        print(f"  ratio streamed/in-memory {name} on {device.type} = {ratio:.3f}  (aim >= 0.95; {len(x)} jets, "
-              f"{info.n_params:,} parameters)")
-        res["ratio_streamed_over_memory"] = ratio
-        res["jets"] = int(len(x))
-        out[name] = res
+        for amp in precisions:
+            key = name if not amp or device.type == "cuda" else f"{name}/bfloat16"  # CUDA: amp is the default
+            out[key] = _run_model(args, device, name, rep, stream, x, y, amp)
+        if len(precisions) == 2:  # the same jets and feeds, float32 then bfloat16 autocast
+            for feed in ("memory", "streamed"):
+                ratio = out[f"{name}/bfloat16"][feed]["rate"] / out[name][feed]["rate"]
+                out[f"{name}/bfloat16"][f"ratio_bfloat16_over_float32_{feed}"] = ratio
+                print(f"  ratio bfloat16/float32 {name} on cpu, {feed} = {ratio:.3f}  (train.amp_cpu; same jets, "
+                      f"same order, warm: after {args.warmup} untimed steps)")
     return out
+
+
+def _run_model(args, device, name: str, rep: str, stream, x: np.ndarray, y: np.ndarray, amp: bool) -> dict:
+    res = {"autocast": "bfloat16" if amp else "float32"}
+    for feed in ("memory", "streamed"):
+        step, info = make_step(name, device, amp, args.hyper.get(name))
+        batches = batches_memory(x, y, args.batch) if feed == "memory" else batches_streamed(stream)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        r = timed(batches, step, args.warmup, args.steps)
+        if device.type == "cuda":
+            r["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        res[feed] = r
+        mem = f", max mem {r['max_memory_allocated_mib']:.0f} MiB" if "max_memory_allocated_mib" in r else ""
+        print(f"  {name:14s} {rep:9s} {res['autocast']:8s} {feed:8s} {r['rate']:9.1f} samples/s  first batch "
+              f"{r['first_batch_ms']:8.1f} ms, first step {r['first_step_ms']:8.1f} ms (cold), step p50 {r['p50_ms']:8.1f} ms, "
+              f"p95 {r['p95_ms']:8.1f} ms ({r['steps']} steps x {args.batch}){mem}")
+    ratio = res["streamed"]["rate"] / res["memory"]["rate"]
+    print(f"  ratio streamed/in-memory {name} ({res['autocast']}) on {device.type} = {ratio:.3f}  (aim >= 0.95; "
+          f"{len(x)} jets, {info.n_params:,} parameters)")
+    res["ratio_streamed_over_memory"] = ratio
+    res["jets"] = int(len(x))
+    return res
 
 
 def main() -> None:
@@ -177,6 +199,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    ap.add_argument("--cpu-amp", choices=("off", "on", "both"), default="off",
+                    help="bf16 autocast on the CPU (train.amp_cpu): off, on, or both (prints the ratio bfloat16/float32)")
     ap.add_argument("--qcd", type=int, default=2000)
     ap.add_argument("--top", type=int, default=1000)
     ap.add_argument("--shard-jets", type=int, default=500)

@@ -47,7 +47,8 @@ import torch
 
 from jetscan.core.errors import ConfigError, RunnerError
 
-__all__ = ["LocalRank", "local_rank", "choose_device", "use_device", "wants_cuda", "visible_gpus", "ray_gpu_ids", "DEVICES"]
+__all__ = ["LocalRank", "local_rank", "choose_device", "use_device", "wants_cuda", "visible_gpus", "ray_gpu_ids",
+           "cpu_has_bf16", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -126,6 +127,13 @@ def wants_cuda(choice: str, cuda_available: bool | None = None) -> bool:
         return False
     available = torch.cuda.is_available() if cuda_available is None else cuda_available
     return choice == "cuda" or available
+
+
+def cpu_has_bf16(capabilities: Mapping[str, object] | None = None) -> bool:
+    """Whether this CPU has bfloat16 units (AVX512-BF16 or AMX-BF16), where torch's bfloat16
+    autocast runs faster than float32; ``capabilities`` defaults to ``torch.cpu.get_capabilities()``."""
+    caps = torch.cpu.get_capabilities() if capabilities is None else capabilities
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def _visible_list(env: Mapping) -> list[str] | None:

@@ -336,7 +336,8 @@ def reproduce(
     "pngs", "seconds"}``."""
     from jetscan.jobs.generate import generate
     from jetscan.jobs.preprocess import preprocess
-    from jetscan.jobs.train import train
+    from jetscan.cluster.devices import wants_cuda
+    from jetscan.jobs.train import autocast_on, train
     from jetscan.storage import blobs, ledger
 
     echo = echo or (lambda *_: None)
@@ -347,6 +348,8 @@ def reproduce(
     led = _read_ledger(ledger_path, study, name, shrink)
     keys = {run: _ledger_key(study, run) for run in _runs_needed(study, name, None)}
     needed, carried, stored = _runs_to_make(study, name, runs, led, keys)
+    if needed and not wants_cuda(study.train.device):  # train.amp_cpu where it cannot help: the error now, not after generation
+        autocast_on(study, "cpu", "")
     for run, entry in carried.items():
         echo(f"{name}: {run} {_carried_note(entry)} ({ledger_path})")
     t0 = time.perf_counter()
@@ -585,7 +588,7 @@ def _costs(study: Study, runs: list[str]) -> dict[str, list[dict]]:
             trained.append({"run": run, "seconds": float(seconds), "epochs_run": int(s["epochs_run"]),
                             "median_epoch_s": float(np.median(timed)) if timed else float("nan"),
                             "best_epoch": int(s["best_epoch"]), "train_jets": int(s["train_jets"]),
-                            "world_size": int(s.get("world_size", 1))})
+                            "world_size": int(s.get("world_size", 1)), "precision": s.get("precision", "float32")})
     return {"samples": samples, "runs": trained}
 
 
@@ -985,6 +988,13 @@ def write_table(study: Study, name: str, rows: list[dict], out: Path, *, shrink:
     return path, pngs
 
 
+def _precision_mark(cost: dict) -> str:
+    """'' for a run trained in float32 (and for entries from before precision was recorded), else
+    ' (bfloat16)' (or the mix, where resumes changed it)."""
+    precision = cost.get("precision", "float32")
+    return "" if precision == "float32" else f" ({precision})"
+
+
 def _cost_lines(costs: dict) -> list[str]:
     lines = []
     if costs.get("samples"):
@@ -1001,9 +1011,12 @@ def _cost_lines(costs: dict) -> list[str]:
                   "with other work counts that wait); the median epoch is the steadier figure.", "",
                   "| run | seconds | median s per epoch | epochs run | best epoch | training jets | workers |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {c['run']}{' (carried)' if c.get('carried') else ''} | {c['seconds']:.0f} | "
+        lines += [f"| {c['run']}{' (carried)' if c.get('carried') else ''}{_precision_mark(c)} | {c['seconds']:.0f} | "
                   f"{_fmt(c['median_epoch_s'], 3)} | {c['epochs_run']} | "
                   f"{c['best_epoch']} | {c['train_jets']} | {c['world_size']} |" for c in costs["runs"]]
+        if any(_precision_mark(c) for c in costs["runs"]):
+            lines += ["", "Runs marked (bfloat16) took their training steps under bfloat16 autocast (train.amp_cpu on the "
+                      "CPU, train.amp on CUDA); their validation and evaluation ran in float32, as every other run's did."]
     return lines
 
 

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from jetscan.cluster.devices import wants_cuda
+from jetscan.cluster.devices import cpu_has_bf16, wants_cuda
 from jetscan.cluster.distributed import Comm, make_comm
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.models import build_model, make_optimizer
@@ -43,7 +43,7 @@ from jetscan.core.study import RunConfig, Study, settings_hash
 from jetscan.storage import blobs
 from jetscan.storage.loader import JetStream, split_jets
 
-__all__ = ["Prepared", "prepare", "train", "train_runs", "load_trained", "checkpoint_path", "run_settings"]
+__all__ = ["Prepared", "prepare", "train", "train_runs", "load_trained", "checkpoint_path", "run_settings", "autocast_on"]
 
 
 def checkpoint_path(run: str) -> str:
@@ -225,6 +225,25 @@ def _mass_edges(study: Study, cfg: RunConfig) -> np.ndarray:
     return mass_bin_edges(np.concatenate(masses), n_bins=cfg.adversary.mass_bins)
 
 
+def autocast_on(study: Study, device_type: str, representation: str, capabilities: dict | None = None) -> bool:
+    """Whether the training steps run under bfloat16 autocast: on CUDA with ``train.amp``, on the
+    CPU with ``train.amp_cpu`` (one ConfigError, before any work, on a CPU without bfloat16 units,
+    where it would be slower than float32); never for LoLa, whose four-vector arithmetic (the
+    masses) needs float32. Validation and evaluation always run in float32."""
+    if representation.startswith("lola"):
+        return False
+    if device_type == "cuda":
+        return study.train.amp
+    if not study.train.amp_cpu:
+        return False
+    if not cpu_has_bf16(capabilities):
+        raise ConfigError(
+            "train.amp_cpu: this CPU has no bfloat16 units (AVX512-BF16 or AMX; torch.cpu.get_capabilities()), "
+            "so bfloat16 autocast would be slower than float32 here; set train.amp_cpu: false in the study file"
+        )
+    return True
+
+
 def _optimizer_info(info, cfg: RunConfig):
     """The model's ModelInfo with the run's optimizer / learning-rate overrides applied."""
     import dataclasses
@@ -270,6 +289,7 @@ def train(
     p = prepare(study, run, comm)
     device = comm.use_device(study.train.device)  # this worker's own GPU (jetscan.cluster.devices)
     module, info, cfg = p.module.to(device), p.info, p.cfg
+    use_amp = info.kind != "pca" and cfg.adversary is None and autocast_on(study, device.type, p.representation)
 
     ckpt = None if restart else _load_checkpoint(study, run)
     if ckpt is not None and ckpt["settings_hash"] != p.settings_hash:
@@ -341,8 +361,6 @@ def train(
     # use the models themselves
     net = comm.wrap_module(module)
     adv_net = comm.wrap_module(adversary) if adversary is not None else None
-    # bfloat16 autocast suits images; four-vector arithmetic (LoLa's masses) stays in float32
-    use_amp = device.type == "cuda" and study.train.amp and not p.representation.startswith("lola")
     stale = 0 if best is None else (history["epoch"][-1] - best["epoch"] if history["epoch"] else 0)
     done_now = 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -383,6 +401,9 @@ def train(
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         history["seconds"].append(time.perf_counter() - t_epoch)  # wall time of the epoch, validation included
+        # the training steps' precision (the adversarial step has no autocast); a resume may change it
+        history.setdefault("precision", [None] * (len(history["epoch"]) - 1)).append(
+            "bfloat16" if use_amp else "float32")
         if best is None or val_loss < best["val_loss"]:
             best = {"epoch": epoch, "val_loss": val_loss, "state": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}}
             stale = 0
@@ -446,6 +467,8 @@ def _finish(study: Study, p: Prepared, module, history: dict, *, best_epoch: int
         "seconds": seconds,  # this invocation's (every epoch's, over resumes: history["seconds"])
         "world_size": comm.size,
         "global_batch": p.batch_size,
+        # the training steps' precision ("bfloat16+float32" when resumes changed it)
+        "precision": "+".join(sorted({x for x in history.get("precision", []) if x})) or "float32",
     }
     if comm.is_root:
         state = {

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jetscan.cluster.devices import choose_device, local_rank, use_device, wants_cuda
+from jetscan.cluster.devices import choose_device, cpu_has_bf16, local_rank, use_device, wants_cuda
 from jetscan.cluster.distributed import SingleProcess
 from jetscan.core.errors import ConfigError, RunnerError
 
@@ -123,6 +123,16 @@ def test_bad_local_ranks():
         local_rank({"HOROVOD_LOCAL_RANK": "2", "HOROVOD_LOCAL_SIZE": "2"})
     assert local_rank({}) == local_rank({"RANK": "0", "WORLD_SIZE": "1"})
     assert (local_rank({}).rank, local_rank({}).size) == (0, 1)
+
+
+def test_bfloat16_units_are_avx512_bf16_or_amx():
+    """train.amp_cpu needs a CPU that computes in bfloat16 (torch.cpu.get_capabilities() keys)."""
+    assert cpu_has_bf16({"avx512_bf16": True, "amx_bf16": False})  # e.g. AMD Zen 4
+    assert cpu_has_bf16({"avx512_bf16": True, "amx_bf16": True})  # Intel Sapphire Rapids
+    assert not cpu_has_bf16({"avx2": True, "avx512_f": True, "avx512_bf16": False, "amx_bf16": False})  # Skylake-SP
+    assert not cpu_has_bf16({"avx2": True})  # older torch / other architectures: keys absent
+    assert cpu_has_bf16() == bool(torch.cpu.get_capabilities().get("avx512_bf16") or
+                                  torch.cpu.get_capabilities().get("amx_bf16"))
 
 
 def test_this_process_device_and_set_device():

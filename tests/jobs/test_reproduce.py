@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jetscan.cluster.devices import cpu_has_bf16
 from jetscan.core.errors import ConfigError
 from jetscan.core.reference import REFERENCE, SIZE_SCAN
 from jetscan.core.study import Study
@@ -103,6 +104,9 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
     from jetscan.jobs.cli import app
 
     shrink, runs = SMOKE[preset]
+    amp_cpu = load_preset(preset, shrink=shrink)[0].train.amp_cpu  # macaluso-shih-100k: bfloat16 training steps
+    if amp_cpu and not cpu_has_bf16():
+        pytest.skip(f"{preset} sets train.amp_cpu, which this CPU (no bfloat16 units) refuses")
     out = tmp_path / "results"
     args = ["reproduce", preset, "--shrink", str(shrink), "--workers", "2", "--out", str(out),
             "--store", str(tmp_path / f"{preset}.zarr")]
@@ -148,8 +152,10 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
     assert all(f"]({p.name})" in table for p in pngs)
     # the cost sections: every sample's generation and every trained run, from what the store recorded
     trained = runs or [r for ref in REFERENCE[preset] for r in ref["runs"]]
+    mark = r" \(bfloat16\)" if amp_cpu else ""  # the runs trained under bfloat16 autocast say so, and the note explains it
     for run in dict.fromkeys(trained):
-        assert re.search(rf"\| {run} \| \d+ \| ([\d.e+-]+|-) \| \d+ \| \d+ \| \d+ \| 1 \|", table), run
+        assert re.search(rf"\| {run}{mark} \| \d+ \| ([\d.e+-]+|-) \| \d+ \| \d+ \| \d+ \| 1 \|", table), run
+    assert ("Runs marked (bfloat16) took their training steps under bfloat16 autocast" in table) == amp_cpu
     for sample in load_preset(preset, shrink=shrink)[0].samples:
         assert re.search(rf"\| {sample} \| \d+ \| \d+ \| \d+ \| \d+\.\d \|", table), sample
     if preset == "farina":  # the loss-vs-mass figure: the mean QCD test mass in ten equal-population loss bins
