@@ -398,7 +398,7 @@ class TrainConfig(_Frozen):
     amp_cpu: bool = Field(
         False,
         description="bfloat16 autocast on the CPU as well (training steps only; validation and evaluation stay "
-        "float32): the CNNs train 1.9-2.5x faster on CPUs with bfloat16 units (AVX512-BF16, AMX); off by default, so "
+        "float32): the CNNs train 1.9-2.4x faster on CPUs with bfloat16 units (AVX512-BF16, AMX); off by default, so "
         "CPU runs stay float32; an error on a CPU without such units, where it would be slower",
     )
     threads: int = Field(0, ge=0, description="torch CPU threads (0: one per core)")
