@@ -148,6 +148,7 @@ def _train(study, runs, restart: bool) -> None:
         console.print(
             f"{run}: {summary['epochs_run']} epoch(s), best epoch {summary['best_epoch']}, "
             f"val loss {summary['best_val_loss']:.4g}, {summary['train_jets']} training jets, {summary['seconds']:.0f} s"
+            + ("" if summary.get("precision", "float32") == "float32" else f", {summary['precision']} training steps")
         )
 
 

@@ -369,7 +369,7 @@ def reproduce(
     t = time.perf_counter()
     for run in needed:
         echo(f"{name}: train {run}")
-        train(study, run)
+        train(study, run, on_epoch=_epoch_echo(name, study.run(run).epochs, echo))
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     for run in needed:
@@ -426,6 +426,19 @@ def reproduce(
 
 # --------------------------------------------------------------------------------------
 # the ledger: rows carried across stores (jetscan.storage.ledger)
+
+
+def _epoch_echo(name: str, epochs: int, echo: Callable[[str], None]) -> Callable[[dict], None]:
+    """One line per finished epoch (a preset's run can take hours; a resumed one starts at its next epoch)."""
+    t = [time.perf_counter()]
+
+    def on_epoch(e: dict) -> None:
+        now = time.perf_counter()
+        echo(f"{name}: {e['run']} epoch {e['epoch'] + 1}/{epochs}: train loss {e['train_loss']:.5g}, "
+             f"val loss {e['val_loss']:.5g} ({now - t[0]:.0f} s)")
+        t[0] = now
+
+    return on_epoch
 
 
 def _ledger_key(study: Study, run: str) -> str:
