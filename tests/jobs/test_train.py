@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from jetscan.cluster.devices import cpu_has_bf16
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.metrics import auc
 from jetscan.core.models import build_model
@@ -239,8 +240,7 @@ def test_amp_cpu_on_a_cpu_without_bfloat16_units_fails_before_training(study, tm
     assert not (Path(s.store) / checkpoint_path("t")).exists()
 
 
-@pytest.mark.skipif(not torch.cpu.get_capabilities().get("avx512_bf16") and not torch.cpu.get_capabilities().get("amx_bf16"),
-                    reason="this CPU has no bfloat16 units: train.amp_cpu refuses to run here")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 units: train.amp_cpu refuses to run here")
 def test_bfloat16_autocast_on_the_cpu_trains_the_cnn_tagger_near_float32(study, tmp_path):
     """train.amp_cpu (the CNNs train 1.9-2.5x faster on CPUs with AMX): the same seed's CNN
     tagger starts at nearly the float32 run's loss without equalling it (its steps did run in
