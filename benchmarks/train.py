@@ -85,11 +85,10 @@ def make_step(name: str, device: torch.device, amp: bool, hyper: dict | None = N
     module, info = build_model(name, **(hyper or {}))
     module = module.to(device).train()
     optimizer, _ = make_optimizer(module, info)
-    use_amp = amp
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             x = xb.to(device, non_blocking=True)
             x = x.reshape(len(x), *info.input_shape)
             if info.kind == "tagger":

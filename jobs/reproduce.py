@@ -430,13 +430,10 @@ def reproduce(
 
 def _epoch_echo(name: str, epochs: int, echo: Callable[[str], None]) -> Callable[[dict], None]:
     """One line per finished epoch (a preset's run can take hours; a resumed one starts at its next epoch)."""
-    t = [time.perf_counter()]
 
     def on_epoch(e: dict) -> None:
-        now = time.perf_counter()
         echo(f"{name}: {e['run']} epoch {e['epoch'] + 1}/{epochs}: train loss {e['train_loss']:.5g}, "
-             f"val loss {e['val_loss']:.5g} ({now - t[0]:.0f} s)")
-        t[0] = now
+             f"val loss {e['val_loss']:.5g} ({e['seconds']:.0f} s)")
 
     return on_epoch
 

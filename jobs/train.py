@@ -426,7 +426,8 @@ def train(
                 state.update(adversary=adversary.state_dict(), opt_adv=opt_adv.state_dict())
             _save(study, p, state)
         if on_epoch is not None:
-            on_epoch({"run": run, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            on_epoch({"run": run, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                      "seconds": history["seconds"][-1]})
         done_now += 1
         if stale >= cfg.patience:
             break
