@@ -116,6 +116,7 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
     assert result.exit_code == 0, result.output
     if preset.startswith("macaluso-shih"):  # a line per finished epoch (a full-size run takes hours)
         assert re.search(rf"{preset}: tagger epoch 1/1: train loss [\d.e+-]+, val loss [\d.e+-]+ \(\d+ s\)", result.output)
+    assert f"table: {out / f'{preset}.md'} (" in result.output  # one line, however long (a log file is not 80 columns)
     table = (out / f"{preset}.md").read_text()
     assert f"SHRUNK by --shrink {shrink:g}" in table
     comparison = table.split("## Samples")[0]  # the comparison table comes first
