@@ -23,6 +23,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jetscan.core.errors import JetscanError
@@ -33,7 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Distributed jet-substructure studies.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message is one line in a log file too (rich folds at 80 columns)
 
 
 def _study(path: Path):
@@ -334,7 +335,7 @@ def _print_info(store: str) -> None:
     samples = root.attrs.get("samples", {})
     cat = catalog.read_catalog(store)
     out = Console()
-    out.print(f"[bold]{store}[/]  study={root.attrs.get('study')}  jetscan={root.attrs.get('jetscan')}")
+    out.print(f"[bold]{escape(str(store))}[/]  study={root.attrs.get('study')}  jetscan={root.attrs.get('jetscan')}")
     table = Table("sample", "process", "jets committed", "jets planned", "shards", "events", "jets/s/worker", "settings hash")
     for name, meta in samples.items():
         group = layout.open_sample(root, name)
@@ -448,7 +449,7 @@ def main() -> None:
     try:
         app()
     except JetscanError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # its text verbatim: "ray[default]", "[qcd, top]"
         sys.exit(2)
 
 

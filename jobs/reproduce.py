@@ -1051,7 +1051,7 @@ def add_commands(app) -> None:
         """Run a seed paper's preset and write docs/results/PRESET.md: the paper's figures next to ours."""
         from rich.console import Console
 
-        console = Console(stderr=True, soft_wrap=True)  # a line per line in a log file (rich folds at 80 columns)
+        console = Console(stderr=True, soft_wrap=True, markup=False)  # a line per line in a log file; paths and names verbatim
         result = reproduce(preset, shrink=shrink, workers=workers, out_dir=out, store=store, runs=run,
                            use_ray=not no_ray, echo=console.print)
         for r in result["rows"]:

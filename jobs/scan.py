@@ -672,7 +672,7 @@ def add_commands(app) -> None:
 
             typer.echo(slurm_job_script(**slurm))
             return
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True, markup=False)  # one line each in a log file; values verbatim
         out = report or _report_dir(study)
         summary = scan(study, name, workers=workers, scheduler=scheduler, cluster=cluster, slurm=slurm,
                        report_dir=out, echo=console.print, worker_timeout_s=worker_timeout, pin_cores=pin_cores)

@@ -997,7 +997,7 @@ def add_commands(app) -> None:
         out = report or report_dir_for(study)
         summary = search(study, name, trials=trials, workers=workers, address=address, storage=storage,
                          report_dir=out, study_path=study_path, pin_cores=pin_cores)
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True, markup=False)  # one line each in a log file; values verbatim
         c = summary["counts"]
         console.print(f"search {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed "
                       f"(target {summary['target']}); storage {summary['storage']}")
