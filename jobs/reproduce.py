@@ -39,6 +39,10 @@ The whole story of the command:
    (:data:`jetscan.core.reference.SIZE_SCAN`: the same recipe on smaller subsets, made with the
    rest): each size's value and band, the change per doubling of the training jets and the
    log-linear fit continued to the paper's size, with the bands propagated, and a PNG.
+7. A run can train for hours, over several calls. ``should_stop`` (the CLI's: the signals named in
+   ``JETSCAN_STOP_SIGNALS``, e.g. ``USR1``, :mod:`jetscan.cluster.preempt`) ends the call after the
+   epoch in progress, its checkpoint written, before evaluation and the table; the command exits
+   with 75, as a preempted ``jetscan train`` does, and the next call resumes there.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import copy
 import datetime as _dt
 import math
 import re
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -329,11 +334,13 @@ def reproduce(
     runs: Iterable[str] | None = None,
     use_ray: bool = True,
     echo: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Run the preset's chain (reusing what is done) and write its comparison table and plots.
 
     Returns ``{"preset", "study", "rows" (compared reference rows), "table" (the .md path),
-    "pngs", "seconds"}``."""
+    "pngs", "seconds"}``; when ``should_stop`` ended a training, ``{"preset", "study",
+    "preempted": True, "run", "stopped_after_epoch" (0-based), "seconds"}`` and no table."""
     from jetscan.jobs.generate import generate
     from jetscan.jobs.preprocess import preprocess
     from jetscan.cluster.devices import wants_cuda
@@ -369,7 +376,12 @@ def reproduce(
     t = time.perf_counter()
     for run in needed:
         echo(f"{name}: train {run}")
-        train(study, run, on_epoch=_epoch_echo(name, study.run(run).epochs, echo))
+        summary = train(study, run, on_epoch=_epoch_echo(name, study.run(run).epochs, echo), should_stop=should_stop)
+        if summary.get("preempted"):
+            echo(f"{name}: {run} stopped on request after epoch {summary['stopped_after_epoch'] + 1} "
+                 f"(checkpoint written); the next call resumes it")
+            return {"preset": name, "study": study, "preempted": True, "run": run,
+                    "stopped_after_epoch": summary["stopped_after_epoch"], "seconds": time.perf_counter() - t0}
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     for run in needed:
@@ -1048,12 +1060,19 @@ def add_commands(app) -> None:
         run: Optional[list[str]] = typer.Option(None, "--run", help="only these runs (and their reference rows)"),
         no_ray: bool = typer.Option(False, "--no-ray", help="generate and preprocess in this process"),
     ) -> None:
-        """Run a seed paper's preset and write docs/results/PRESET.md: the paper's figures next to ours."""
+        """Run a seed paper's preset and write docs/results/PRESET.md: the paper's figures next to ours.
+
+        Started with JETSCAN_STOP_SIGNALS=USR1, `kill -USR1 PID` ends the call after the epoch in
+        progress (checkpoint written, exit 75); the next call resumes there."""
         from rich.console import Console
+
+        from jetscan.cluster import preempt
 
         console = Console(stderr=True, soft_wrap=True, markup=False)  # a line per line in a log file; paths and names verbatim
         result = reproduce(preset, shrink=shrink, workers=workers, out_dir=out, store=store, runs=run,
-                           use_ray=not no_ray, echo=console.print)
+                           use_ray=not no_ray, echo=console.print, should_stop=preempt.from_env())
+        if result.get("preempted"):
+            sys.exit(preempt.PREEMPTED_EXIT)
         for r in result["rows"]:
             console.print(f"  {r['id']}: {', '.join(r['runs'])} {r['signal']} {r['metric']}: paper {r['value']:g}, "
                           f"ours {_fmt(r['ours'])} +- {_fmt(r['band'], 2)}: {r['verdict']}")

@@ -209,6 +209,41 @@ def test_shrunken_preset_runs_end_to_end(preset, tmp_path, ray_local):
         assert {p.name for p in out.glob("*.json")} == {f"{preset}-shrink{shrink:g}.json"}  # never the full-size ledger
 
 
+@pytest.mark.slow
+@pytest.mark.pythia
+def test_a_stop_request_ends_the_call_after_the_epoch_and_the_next_call_resumes(tmp_path, monkeypatch):
+    """A preset's run trains for hours over several calls: JETSCAN_STOP_SIGNALS's signal ends the call
+    after the epoch in progress (checkpoint written, no table, exit 75), and the next call goes on from it."""
+    import torch
+    import yaml
+    from typer.testing import CliRunner
+
+    from jetscan.cluster import preempt
+    from jetscan.jobs.cli import app
+    from jetscan.jobs.reproduce import preset_path, reproduce
+
+    data = shrink_study_data(Study.from_yaml(preset_path("macaluso-shih-100k")).model_dump(mode="json"), 3e-4)
+    data["train"]["runs"]["tagger"].update(epochs=2, patience=2)
+    data["train"]["amp_cpu"] = False  # any CPU
+    data["store"] = str(tmp_path / "ms.zarr")
+    study_file = tmp_path / "ms-stop.yaml"
+    study_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / "results"
+    monkeypatch.setattr(preempt, "from_env", lambda environ=None: (lambda: True))  # as if the signal had arrived
+    first = CliRunner().invoke(app, ["reproduce", str(study_file), "--no-ray", "--out", str(out)], catch_exceptions=False)
+    assert first.exit_code == preempt.PREEMPTED_EXIT, first.output
+    assert "ms-stop: tagger epoch 1/2: " in first.output
+    assert "ms-stop: tagger stopped on request after epoch 1 (checkpoint written); the next call resumes it" in first.output
+    assert "epoch 2/2" not in first.output and not (out / "ms-stop.md").exists()
+    checkpoint = tmp_path / "ms.zarr" / "_runs" / "tagger" / "checkpoint.pt"
+    assert len(torch.load(checkpoint, weights_only=False)["history"]["epoch"]) == 1
+    lines: list[str] = []
+    second = reproduce(study_file, out_dir=out, use_ray=False, echo=lines.append)
+    assert "preempted" not in second and (out / "ms-stop.md").is_file()
+    assert [x.split(":")[1].strip() for x in lines if ": tagger epoch " in x] == ["tagger epoch 2/2"]
+    assert len(torch.load(checkpoint, weights_only=False)["history"]["epoch"]) == 2
+
+
 def _mass_auc(store: Path, run: str, signal: str) -> float:
     from sklearn.metrics import roc_auc_score
 
