@@ -221,6 +221,7 @@ def test_a_stop_request_ends_the_call_after_the_epoch_and_the_next_call_resumes(
     from jetscan.cluster import preempt
     from jetscan.jobs.cli import app
     from jetscan.jobs.reproduce import preset_path, reproduce
+    from jetscan.jobs.train import checkpoint_path
 
     data = shrink_study_data(Study.from_yaml(preset_path("macaluso-shih-100k")).model_dump(mode="json"), 3e-4)
     data["train"]["runs"]["tagger"].update(epochs=2, patience=2)
@@ -235,7 +236,7 @@ def test_a_stop_request_ends_the_call_after_the_epoch_and_the_next_call_resumes(
     assert "ms-stop: tagger epoch 1/2: " in first.output
     assert "ms-stop: tagger stopped on request after epoch 1 (checkpoint written); the next call resumes it" in first.output
     assert "epoch 2/2" not in first.output and not (out / "ms-stop.md").exists()
-    checkpoint = tmp_path / "ms.zarr" / "_runs" / "tagger" / "checkpoint.pt"
+    checkpoint = tmp_path / "ms.zarr" / checkpoint_path("tagger")
     assert len(torch.load(checkpoint, weights_only=False)["history"]["epoch"]) == 1
     lines: list[str] = []
     second = reproduce(study_file, out_dir=out, use_ray=False, echo=lines.append)
