@@ -163,7 +163,8 @@ def _exit_if_preempted(summary: dict) -> None:
     from jetscan.cluster import preempt
 
     if summary.get("preempted"):
-        console.print(f"{summary['run']}: stopped on request after epoch {summary['stopped_after_epoch']} (checkpoint written)")
+        done = summary["stopped_after_epoch"] + 1  # epochs are 0-based in the summary; the user counts from 1, as reproduce does
+        console.print(f"{summary['run']}: stopped on request after epoch {done} (checkpoint written); the next call resumes it")
         sys.exit(preempt.PREEMPTED_EXIT)
 
 
