@@ -196,6 +196,7 @@ def _with_accuracy_band(study: Study, run: str, rows: list[dict]) -> list[dict]:
 
 def _split_sizes(study: Study) -> dict[str, dict[str, int]]:
     from jetscan.storage import catalog
+    from jetscan.storage.loader import split_counts
 
     out = {}
     for name in study.samples:
@@ -203,8 +204,8 @@ def _split_sizes(study: Study) -> dict[str, dict[str, int]]:
             n = int(sum(catalog.read_catalog(study.store, name).column("n_jets").to_pylist()))
         except Exception:  # noqa: BLE001 - nothing generated yet
             n = 0
-        train, val, test = study.split_fractions(name)
-        out[name] = {"jets": n, "train": int(round(n * train)), "val": int(round(n * val)), "test": int(round(n * test))}
+        train, val, test = split_counts(n, study.split_fractions(name))  # as the loader splits them
+        out[name] = {"jets": n, "train": train, "val": val, "test": test}
     return out
 
 

@@ -92,7 +92,7 @@ from jetscan.core.study import Study
 from jetscan.storage import blobs, catalog, layout, shardread
 from jetscan.storage.stream_process import BatchProcess, fork_available
 
-__all__ = ["JetStream", "default_decode_workers", "split_assignment", "split_jets", "SPLITS"]
+__all__ = ["JetStream", "default_decode_workers", "split_assignment", "split_counts", "split_jets", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
@@ -109,11 +109,18 @@ def default_decode_workers() -> int:
     return min(4, max(1, cpus - 1))
 
 
+def split_counts(n_jets: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Jets in the train, val and test splits of a sample of ``n_jets``: train and val rounded,
+    test the rest (so the three always add up to the sample)."""
+    n_train = int(round(fractions[0] * n_jets))
+    n_val = int(round(fractions[1] * n_jets))
+    return n_train, n_val, n_jets - n_train - n_val
+
+
 def split_assignment(n_jets: int, fractions: tuple[float, float, float], seed: int, sample: str) -> np.ndarray:
     """int8 split index (0 train, 1 val, 2 test) of each jet of a sample, from a seeded permutation."""
     perm = np.random.default_rng([seed % 2**63, zlib.crc32(sample.encode()), 0x5B1]).permutation(n_jets)
-    n_train = int(round(fractions[0] * n_jets))
-    n_val = int(round(fractions[1] * n_jets))
+    n_train, n_val, _ = split_counts(n_jets, fractions)
     out = np.full(n_jets, 2, np.int8)
     out[perm[:n_train]] = 0
     out[perm[n_train : n_train + n_val]] = 1

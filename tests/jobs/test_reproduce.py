@@ -260,6 +260,24 @@ def _ours(run, signal, value, std, n=(100, 100)):
             "n_train_jets": 500}
 
 
+def test_the_samples_section_counts_the_jets_each_split_holds(monkeypatch):
+    """macaluso-shih-100k's 166667 jets per sample split 100000 / 33333 / 33334; the table said
+    test 33333 (every share rounded on its own) beside its rows' 33334 test jets."""
+    import pyarrow as pa
+
+    from jetscan.jobs import reproduce
+    from jetscan.storage import catalog
+    from jetscan.storage.loader import split_assignment
+
+    study = load_preset("macaluso-shih-100k")[0]
+    monkeypatch.setattr(catalog, "read_catalog", lambda store, name: pa.table({"n_jets": [83333, 83334]}))
+    sizes = reproduce._split_sizes(study)
+    for name in study.samples:
+        held = np.bincount(split_assignment(166667, study.split_fractions(name), study.seed, name), minlength=3)
+        assert [sizes[name][k] for k in ("jets", "train", "val", "test")] == [166667, *held.tolist()]
+        assert sizes[name]["test"] == 33334
+
+
 def test_compare_band_pull_verdict():
     from jetscan.jobs.reproduce import compare
 
