@@ -219,4 +219,11 @@ SIZE_SCAN: dict[str, dict[str, Any]] = {
         "paper_note": "mean of 5 trainings",
         "paper": PAPERS["farina"],
     },
+    "macaluso-shih-100k": {
+        "model": "CNN tagger (the full recipe, bfloat16 training steps, up to 20 epochs, patience 5, one training per size)",
+        "runs": ("tagger_25k", "tagger"),
+        "paper_jets": 2_400_000,
+        "paper_note": "1.2M + 1.2M, one training",
+        "paper": PAPERS["macaluso"],
+    },
 }
