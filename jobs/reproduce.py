@@ -830,11 +830,16 @@ def size_scan(preset: str, refs: list[dict], rows_by_run: dict[str, list[dict]],
             y = np.array([p["values"][(sig, m)][0] for p in points])
             sd = np.array([p["values"][(sig, m)][1] for p in points])
             at, at_sd = float(at_c @ y), float(np.sqrt(np.sum(at_c**2 * sd**2)))
-            fits[(sig, m)] = {"slope": float(slope_c @ y), "slope_sd": float(np.sqrt(np.sum(slope_c**2 * sd**2))),
+            slope = float(slope_c @ y)
+            fits[(sig, m)] = {"slope": slope, "slope_sd": float(np.sqrt(np.sum(slope_c**2 * sd**2))),
                               "at_paper": at, "at_paper_sd": at_sd, "paper": paper,
                               # an efficiency cannot pass 1: a fit beyond it says the trend cannot hold that far
                               "beyond_one": at > 1.0,
-                              "reaches_paper": bool(abs(at - paper) <= AGREE_BANDS * at_sd) and at <= 1.0}
+                              "reaches_paper": bool(abs(at - paper) <= AGREE_BANDS * at_sd) and at <= 1.0,
+                              # above the paper at its size: the training jets where the rising fit meets its value
+                              "passes_paper": bool(at - paper > AGREE_BANDS * at_sd) and at <= 1.0,
+                              "meets_paper_at_jets": (2.0 ** min(1000.0, x.mean() + (paper - float(np.mean(y))) / slope)
+                                                      if slope > 0 else None)}  # a flat fit: never, or 2^1000
     return {**spec, "columns": columns, "points": points, "missing": missing, "fits": fits}
 
 
@@ -865,12 +870,24 @@ def _size_scan_lines(scan: dict) -> list[str]:
                       for s, m, _ in cols) + " |",
                   f"| fit at {scan['paper_jets']} jets | " + " | ".join(
                       f"{_fmt(f['at_paper'])} ± {_fmt(f['at_paper_sd'], 2)} (paper {f['paper']:g}: "
-                      + ("above 1: the trend cannot hold that far)" if f["beyond_one"] else
-                         f"{'reached' if f['reaches_paper'] else 'not reached'})")
+                      + _fit_verdict(f) + ")"
                       for f in (scan["fits"][(s, m)] for s, m, _ in cols)) + " |"]
     if scan["missing"]:
         lines += ["", f"No results for {', '.join(scan['missing'])} (not run yet)."]
     return lines
+
+
+def _fit_verdict(fit: dict) -> str:
+    """What the size fit says of the paper's value: reached, passed (the fit meets it at fewer
+    jets than the paper's: where, to two figures), not reached, or a fit beyond 1."""
+    if fit["beyond_one"]:
+        return "above 1: the trend cannot hold that far"
+    if fit["reaches_paper"]:
+        return "reached"
+    if fit["passes_paper"] and fit["meets_paper_at_jets"] is not None:
+        jets = float(f"{fit['meets_paper_at_jets']:.2g}")
+        return f"passed: the fit meets it at about {jets:.0f} training jets"
+    return "not reached"
 
 
 def _plot_size_scan(name: str, scan: dict, out: Path) -> Path:
@@ -895,10 +912,19 @@ def _plot_size_scan(name: str, scan: dict, out: Path) -> Path:
         ax.plot([scan["paper_jets"]], [paper], "s", color=color, mfc="none")
     ax.set_xscale("log")
     ax.set_xlabel("training jets (squares: the paper's values; dotted: log-linear fit)", fontsize=8)
-    ax.set_ylabel("signal efficiency", fontsize=8)
+    ax.set_ylabel(_size_scan_ylabel(scan), fontsize=8)
     ax.set_title(f"{name}: {scan['model'].split(' (')[0]} vs training size", fontsize=9)
     _small_text(ax, legend_size=6)
     return _save_png(fig, Canvas, out / f"{name}-training-size.png")
+
+
+def _size_scan_ylabel(scan: dict) -> str:
+    """The size plot's y axis: "signal efficiency" for E10 / E100 (farina), else the metrics' names
+    (a tagger's accuracy and AUC are not efficiencies)."""
+    metrics = [m for _, m, _ in scan["columns"]]
+    if all(m in ("e10", "e100") for m in metrics):
+        return "signal efficiency"
+    return ", ".join(dict.fromkeys(METRIC_NAMES.get(m, m) for m in metrics))
 
 
 def _model_representation(study: Study, run: str) -> str:
