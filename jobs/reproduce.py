@@ -803,7 +803,9 @@ def size_scan(preset: str, refs: list[dict], rows_by_run: dict[str, list[dict]],
     reference rows of the scan's largest run, signal and metric); per column, the least-squares
     change per doubling of the training jets and the log-linear fit's value at the paper's size,
     each with its uncertainty from the bands (exact linear propagation; one training per size, so
-    the spread over trainings is not in it). None for a preset without a scan."""
+    the spread over trainings is not in it), and where the fit is above the paper's value by more
+    than the agreement bands, the training jets at which it meets that value (``passes_paper``,
+    ``meets_paper_at_jets``). None for a preset without a scan."""
     spec = SIZE_SCAN.get(preset)
     if spec is None:
         return None
@@ -839,7 +841,7 @@ def size_scan(preset: str, refs: list[dict], rows_by_run: dict[str, list[dict]],
                               # above the paper at its size: the training jets where the rising fit meets its value
                               "passes_paper": bool(at - paper > AGREE_BANDS * at_sd) and at <= 1.0,
                               "meets_paper_at_jets": (2.0 ** min(1000.0, x.mean() + (paper - float(np.mean(y))) / slope)
-                                                      if slope > 0 else None)}  # a flat fit: never, or 2^1000
+                                                      if slope > 0 else None)}  # None: a flat or falling fit
     return {**spec, "columns": columns, "points": points, "missing": missing, "fits": fits}
 
 
