@@ -48,6 +48,8 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jetscan.core.splits import split_counts
+
 __all__ = [
     "SHOWERS",
     "TUNE_PP_RANGE",
@@ -337,6 +339,12 @@ def contamination_needs(n_background: int, fraction: float) -> int:
     return int(round(fraction * n_background / (1.0 - fraction)))
 
 
+def _split_jets(sample: Any, splits: Any, split: str) -> int:
+    """Jets of ``sample`` in ``split``, counted as the loader splits them."""
+    share = sample.split_config(splits)
+    return split_counts(sample.n_jets, (share.train, share.val, share.test))[("train", "val", "test").index(split)]
+
+
 def check_scan(name: str, scan: ScanConfig, runs: Mapping[str, Any], samples: Mapping[str, Any], splits: Any) -> None:
     """Cross-check a scan against the study's runs, samples and splits (ValueError naming the key).
 
@@ -373,8 +381,8 @@ def check_scan(name: str, scan: ScanConfig, runs: Mapping[str, Any], samples: Ma
                         f"{key}.fractions: samples.{scan.signal}.splits gives its {split} split no jets, so "
                         f"nothing can contaminate run {run!r}'s {split} set: give {scan.signal!r} a {split} share"
                     )
-                have = int(round(signal_share * n_sig))
-                n_bkg = sum(int(round(getattr(samples[s].split_config(splits), split) * samples[s].n_jets)) for s in background)
+                have = _split_jets(samples[scan.signal], splits, split)
+                n_bkg = sum(_split_jets(samples[s], splits, split) for s in background)
                 for f in scan.fractions:
                     need = contamination_needs(n_bkg, f)
                     if need > have:

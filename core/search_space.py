@@ -35,6 +35,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jetscan.core.splits import split_counts
+
 __all__ = [
     "METRICS",
     "METRIC_ALIASES",
@@ -361,8 +363,7 @@ def _test_jets(sample: Any, splits: Any) -> int | None:
     own = sample.splits if sample.splits is not None else splits
     if own is None:
         return None
-    n = sample.n_jets
-    return n - int(round(own.train * n)) - int(round(own.val * n))
+    return split_counts(sample.n_jets, (own.train, own.val, own.test))[2]
 
 
 def check_objectives(name: str, search: SearchConfig, runs: Mapping[str, Any], samples: Mapping[str, Any],

@@ -196,7 +196,7 @@ def _with_accuracy_band(study: Study, run: str, rows: list[dict]) -> list[dict]:
 
 def _split_sizes(study: Study) -> dict[str, dict[str, int]]:
     from jetscan.storage import catalog
-    from jetscan.storage.loader import split_counts
+    from jetscan.core.splits import split_counts
 
     out = {}
     for name in study.samples:

@@ -89,10 +89,11 @@ except ImportError:  # pragma: no cover
 from jetscan.core import representations as reps
 from jetscan.core.errors import ConfigError, StorageError
 from jetscan.core.study import Study
+from jetscan.core.splits import split_counts
 from jetscan.storage import blobs, catalog, layout, shardread
 from jetscan.storage.stream_process import BatchProcess, fork_available
 
-__all__ = ["JetStream", "default_decode_workers", "split_assignment", "split_counts", "split_jets", "SPLITS"]
+__all__ = ["JetStream", "default_decode_workers", "split_assignment", "split_jets", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
@@ -107,14 +108,6 @@ def default_decode_workers() -> int:
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     return min(4, max(1, cpus - 1))
-
-
-def split_counts(n_jets: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Jets in the train, val and test splits of a sample of ``n_jets``: train and val rounded,
-    test the rest (so the three always add up to the sample)."""
-    n_train = int(round(fractions[0] * n_jets))
-    n_val = int(round(fractions[1] * n_jets))
-    return n_train, n_val, n_jets - n_train - n_val
 
 
 def split_assignment(n_jets: int, fractions: tuple[float, float, float], seed: int, sample: str) -> np.ndarray:
