@@ -881,12 +881,15 @@ def _size_scan_lines(scan: dict) -> list[str]:
 
 def _fit_verdict(fit: dict) -> str:
     """What the size fit says of the paper's value: reached, passed (the fit meets it at fewer
-    jets than the paper's: where, to two figures), not reached, or a fit beyond 1."""
+    jets than the paper's: where, to two figures; or a falling fit above it at every size), not
+    reached, or a fit beyond 1."""
     if fit["beyond_one"]:
         return "above 1: the trend cannot hold that far"
     if fit["reaches_paper"]:
         return "reached"
-    if fit["passes_paper"] and fit["meets_paper_at_jets"] is not None:
+    if fit["passes_paper"]:
+        if fit["meets_paper_at_jets"] is None:  # a flat or falling fit, above the paper's value throughout
+            return "above it at every size"
         jets = float(f"{fit['meets_paper_at_jets']:.2g}")
         return f"passed: the fit meets it at about {jets:.0f} training jets"
     return "not reached"

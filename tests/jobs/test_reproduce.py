@@ -380,6 +380,9 @@ def test_size_scan_fits_the_change_per_doubling_and_continues_it_to_the_paper_si
     low = size_scan("farina", refs, down, costs)["fits"][("gluino", "e100")]
     assert not low["passes_paper"] and not low["reaches_paper"] and low["meets_paper_at_jets"] > 100_000
     assert "(paper 0.23: not reached)" in "\n".join(_size_scan_lines(size_scan("farina", refs, down, costs)))
+    # a falling fit above the paper at its size never meets it: above it, not "not reached"
+    falling = {run: [{**r, "e100": 0.9 - r["e100"]} for r in rs] for run, rs in by_run.items()}
+    assert "(paper 0.23: above it at every size)" in "\n".join(_size_scan_lines(size_scan("farina", refs, falling, costs)))
     png = _plot_size_scan("farina", scan, tmp_path)
     assert png.stat().st_size > 1000
     # the tagger's scan plots accuracy and AUC, which are not signal efficiencies (its plot said so)
